@@ -43,16 +43,17 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     "Training knobs shared by SFT and GRPO recipes."
-    warm_start_steps: int = 600  # SFT steps for the synthetic 'pretrained' base
+    warm_start_steps: int = 1000  # SFT steps for the synthetic 'pretrained' base
     warm_start_lr: float = 1e-3
     sft_steps: int = 60
     sft_lr: float = 5e-4
-    grpo_steps: int = 20
+    grpo_steps: int = 60
     learning_rate: float = 5e-5
-    per_device_batch: int = 4  # prompts x generations must divide per TRL's rules
+    per_device_batch: int = 8  # completions per device step (prompts x generations; TRL checks it divides)
     num_generations: int = 4  # G, rollouts per prompt
     max_completion_length: int = 64
-    temperature: float = 1.0
+    temperature: float = 0.7  # rollout sampling; the papers use 1.0 (the `paper` profile), but a tiny model's flat
+                              # distribution at 1.0 garbles the output format, leaving GRPO no reward to compare
     top_p: float = 1.0
     beta: float = 0.0  # KL coefficient to the reference model
     epsilon: float = 0.2  # PPO clip (low)

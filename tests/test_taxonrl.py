@@ -1,0 +1,80 @@
+"Fast checks of hvr_nbs.taxonrl's pure pieces: prompt, ideal traces vs the rewards, ground-truth packing, configs, CLI."
+import itertools, random
+import pytest
+from hvr_nbs.taxonrl import (LEVELS, taxonrl_prompt, reference_completion, pack_ground_truth, schema_target, method_spec,
+                             EXPERIMENTS, attribute_reward, accelerate_config, ACCELERATE_KINDS, parse_args, paper_table,
+                             verification_hit)
+from hvr_nbs.rewards import (taxonrl_format_reward, taxonrl_correctness_reward, taxonrl_taxonomy_reward,
+                             taxonrl_binary_taxonomy_reward, parse_taxonrl_ground_truth)
+
+NAMES = {"order": ["Aformes", "Bformes"], "family": ["Aidae", "Bidae"], "genus": ["Ga", "Gb"]}
+
+
+def _pairs():
+    "Every pattern of agreement between two 3-rank paths that a real taxonomy allows (a split stays split below)."
+    for split in range(4):  # rank index of the first difference (3: none)
+        p1 = {l: NAMES[l][0] for l in LEVELS}
+        p2 = {l: NAMES[l][0] if k < split else NAMES[l][1] for k, l in enumerate(LEVELS)}
+        for same_species in ([True, False] if split == 3 else [False]):
+            yield p1, p2, same_species
+
+
+def _cols(p1, p2, same, n):
+    c = {"label": [int(same)] * n}
+    for l in LEVELS: c[f"{l}1"], c[f"{l}2"] = [p1[l]] * n, [p2[l]] * n
+    return c
+
+
+@pytest.mark.parametrize("p1,p2,same", list(_pairs()))
+def test_ideal_trace_earns_every_reward(p1, p2, same):
+    concrete = reference_completion(p1, p2, same)
+    binary = reference_completion(p1, p2, same, binary=True)
+    c = _cols(p1, p2, same, 1)
+    assert taxonrl_format_reward([concrete], **c) == [1.0] and taxonrl_format_reward([binary], **c) == [1.0]
+    assert taxonrl_correctness_reward([concrete], **c) == [pytest.approx(1.0)]
+    assert taxonrl_taxonomy_reward([concrete], **c) == [1.0]
+    assert taxonrl_binary_taxonomy_reward([binary], **c) == [1.0]
+    assert verification_hit([concrete], [int(same)]) == [1.0]
+
+
+@pytest.mark.parametrize("p1,p2,same", list(_pairs()))
+def test_ground_truth_string_round_trips(p1, p2, same):
+    row = {"label": int(same), "distance": 1, **{f"{l}{i}": p[l] for l in LEVELS for i, p in ((1, p1), (2, p2))}}
+    gt = parse_taxonrl_ground_truth(pack_ground_truth(row))
+    assert gt["label"] == int(same)
+    for l in LEVELS: assert (gt[f"{l}1"], gt[f"{l}2"]) == (p1[l], p2[l])
+
+
+def test_schema_target_is_formatted_but_uninformative():
+    p1, p2, _ = next(_pairs())
+    row = {f"{l}{i}": p[l] for l in LEVELS for i, p in ((1, p1), (2, p2))}
+    t = schema_target(row)
+    assert taxonrl_format_reward([t], label=[0], **{k: [v] for k, v in row.items()}) == [1.0]
+    assert all(f"<{l}>" in t for l in LEVELS) and schema_target(row) == t  # reproducible
+    # uninformative: the answer does not depend on the label, and varies across pairs
+    assert schema_target({**row, "label": 1}) == schema_target({**row, "label": 0})
+    answers = {schema_target({**row, "image_id1": str(i)}).rsplit("<answer>", 1)[1] for i in range(20)}
+    assert len(answers) > 10 and all(len(a.split("<")[0].split(".")[1]) == 4 for a in answers)
+
+
+def test_prompts_and_methods():
+    assert "stop" in taxonrl_prompt() and "stop" not in taxonrl_prompt(binary=True)
+    for m in itertools.chain(*EXPERIMENTS.values()):
+        s = method_spec(m)
+        if s["reward_weights"]: assert sum(s["reward_weights"]) == pytest.approx(1.0)
+    with pytest.raises(ValueError): method_spec("ppo")
+
+
+def test_attribute_reward_never_raises_on_junk():
+    rnd = random.Random(0)
+    junk = ["", None, 3, "<age>", "<age>a;b;c</age>", "<sex>x; y</sex>" * 3] + \
+           ["".join(rnd.choice("<>/;agesx ") for _ in range(30)) for _ in range(200)]
+    out = attribute_reward(junk, age1=["a"] * len(junk), age2=["b"] * len(junk), sex1=["x"] * len(junk), sex2=["y"] * len(junk))
+    assert all(0.0 <= v <= 1.0 for v in out)
+
+
+def test_accelerate_configs_and_cli():
+    for k in ACCELERATE_KINDS: assert accelerate_config(k, 4)["num_processes"] == (1 if k == "single_gpu" else 4)
+    a = parse_args(["--profile", "gpu-small", "--seeds", "0,1,2"])
+    assert (a.profile, a.seeds) == ("gpu-small", "0,1,2")
+    assert paper_table(1).loc[("Bird", "TaxonRL"), "Average"] == 91.7
