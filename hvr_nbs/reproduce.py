@@ -77,7 +77,7 @@ def _run_one(nb_path, out_nb, params, cwd, results_dir):
     os.environ["HVR_RESULTS_DIR"] = str(results_dir)
     t0 = time.time(); status, error = "ok", None
     try:
-        pm.execute_notebook(str(nb_path), str(out_nb), parameters=params, cwd=str(cwd), kernel_name="python3",
+        pm.execute_notebook(str(nb_path), str(out_nb), parameters=params, cwd=str(cwd), kernel_name="python3", language="python",
                             progress_bar=False, log_output=False)
     except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
         status, error = "failed", f"{type(e).__name__}: {e}"[-4000:]

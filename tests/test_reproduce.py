@@ -5,9 +5,9 @@ import nbformat, pytest
 
 BIN = Path(sys.executable).parent/"hvr-reproduce"
 
-def make_nb(path, *cells):
+def make_nb(path, *cells, kernelspec=True):
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    if kernelspec: nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     p = nbformat.v4.new_code_cell("profile = 'smoke'\nwho = 'nobody'"); p.metadata["tags"] = ["parameters"]
     nb.cells = [p] + [nbformat.v4.new_code_cell(c) for c in cells]
     nbformat.write(nb, str(path))
@@ -22,7 +22,7 @@ def nbs(tmp_path):
             "log_result('acc_table', pd.DataFrame({'acc': [0.25]}, index=[who]), reference=pd.DataFrame({'acc': [0.9]}, index=['paper']),"
             " reference_source='Paper, Table 1', profile=profile)")
     make_nb(d/"02_fails.ipynb", f"import os\nassert os.path.exists({str(tmp_path/'fixed')!r}), 'not fixed yet'")
-    make_nb(d/"03_after.ipynb", "open('after_ran.txt', 'a').write('x')")
+    make_nb(d/"03_after.ipynb", "open('after_ran.txt', 'a').write('x')", kernelspec=False)  # no metadata, as jupytext writes it
     return d
 
 def test_failure_does_not_stop_the_run_and_resume_finishes(nbs, tmp_path):
@@ -51,3 +51,10 @@ def test_unknown_profile_and_missing_data_root(nbs, tmp_path):
     (nbs/"10_taxonrl.ipynb").write_text((nbs/"03_after.ipynb").read_text())
     r = run("--nbs", nbs, "--profile", "paper", "--only", "10", "--out", tmp_path/"p")
     assert r.returncode == 2 and "--data-root" in r.stderr and "birds_to_words" in r.stderr
+
+def test_every_notebook_names_its_kernel():
+    "papermill and JupyterLab need the kernel and language in the notebook's metadata."
+    nbs_dir = Path(__file__).resolve().parent.parent/"nbs"
+    for p in sorted(nbs_dir.glob("*.ipynb")):
+        ks = json.loads(p.read_text())["metadata"].get("kernelspec", {})
+        assert ks.get("name") == "python3" and ks.get("language") == "python", p.name

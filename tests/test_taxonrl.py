@@ -78,3 +78,20 @@ def test_accelerate_configs_and_cli():
     a = parse_args(["--profile", "gpu-small", "--seeds", "0,1,2"])
     assert (a.profile, a.seeds) == ("gpu-small", "0,1,2")
     assert paper_table(1).loc[("Bird", "TaxonRL"), "Average"] == 91.7
+
+
+def test_command_line_trains_and_writes_tables(tmp_path):
+    "`python -m hvr_nbs.taxonrl` (what `accelerate launch -m` runs) trains, evaluates and writes its tables on CPU."
+    import os, subprocess, sys
+    import pandas as pd
+    env = dict(os.environ, IN_TEST="1", HVR_CACHE=os.environ.get("HVR_CACHE") or str(tmp_path/"cache"))
+    out = tmp_path/"run"
+    cmd = [sys.executable, "-m", "hvr_nbs.taxonrl", "--profile", "smoke", "--methods", "zero-shot,grpo", "--steps", "1",
+           "--n-eval", "4", "--out", str(out), "--set", "train__sft_steps=4", "--set", "train__max_completion_length=16",
+           "--set", "eval__max_new_tokens=16"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = pd.read_csv(out/"results.csv")
+    assert set(res["method"]) == {"zero-shot", "grpo"} and (res.groupby("method").size() == 4).all()
+    for f in ("table1_accuracy.csv", "table3_lengths.csv", "manifest.json", "train_logs.csv"): assert (out/f).exists(), f
+    assert (out/"grpo-s0"/"manifest.json").exists() or any(out.rglob("manifest.json"))
