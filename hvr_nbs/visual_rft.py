@@ -128,7 +128,7 @@ def reward_hole_table(completions,  # completions (strings or conversational)
 def average_precision(preds,  # per image: list of (box [x1, y1, x2, y2], confidence)
                       gts,  # per image: list of ground-truth boxes
                       iou_thr: float = 0.5):  # a prediction is a true positive at IoU >= iou_thr
-    "COCO-style (101 recall points) average precision of one category over a set of images."
+    "COCO-style (101 recall points) average precision of one category over a set of images; equal confidences are one threshold."
     if len(preds) != len(gts): raise ValueError(f"{len(preds)} prediction lists for {len(gts)} images")
     n_gt = sum(len(g) for g in gts)
     if n_gt == 0: return float("nan")
@@ -142,7 +142,9 @@ def average_precision(preds,  # per image: list of (box [x1, y1, x2, y2], confid
         j = int(ious.argmax())
         if ious[j] >= iou_thr: used[i][j], tp[k] = True, 1.0
     ctp = np.cumsum(tp)
-    recall, precision = ctp / n_gt, ctp / np.arange(1, len(tp) + 1)
+    conf = np.array([d[0] for d in dets])
+    last = np.flatnonzero(np.r_[conf[1:] != conf[:-1], True]) if len(dets) else np.zeros(0, int)  # equal confidences: one threshold
+    recall, precision = ctp[last] / n_gt, ctp[last] / (last + 1)
     precision = np.maximum.accumulate(precision[::-1])[::-1]  # the precision envelope
     idx = np.searchsorted(recall, np.linspace(0, 1, 101), side="left")
     return float(np.mean([precision[i] if i < len(precision) else 0.0 for i in idx]))

@@ -66,3 +66,9 @@ def test_detection_metrics_never_raise_on_junk():
     outs = ["", "<answer>[{'Position': [0, 0, 10</answer>", "<answer>[1, 2, {}]</answer>", None]
     per_row, ap = detection_metrics(outs, rows)
     assert per_row.R_IoU.tolist() == [0.0] * 4 and ap["a"] == 0.0
+
+def test_tied_confidences_do_not_depend_on_image_order():
+    "Hypothesis found it: a hit and a miss at one confidence scored 1.0 or 0.5 depending on which image came first."
+    A = [0, 0, 1, 1]
+    tied = [[(A, 0.5)], [(A, 0.5)]]
+    assert average_precision(tied, [[], [A]]) == average_precision(tied, [[A], []]) == pytest.approx(0.5)
