@@ -24,8 +24,9 @@ __all__ = ['DATASET_LAYOUTS', 'DATASET_SOURCES', 'CUB_CLASSES', 'B2W_COLUMNS', '
            'LOADERS', 'TEMPLATES', 'LETTERS', 'Loaded', 'CorruptImageError', 'find_bad_images', 'check_data_root',
            'make_fixture', 'match_names', 'load_cub', 'load_inat21', 'load_birds_to_words', 'load_fgvc_aircraft',
            'load_oxford_pet', 'load_stanford_dogs', 'load_stanford_cars', 'load_flowers102', 'load_danish_fungi',
-           'load_chimpface', 'user_prompt', 'mean_colour_embed', 'split_dataset', 'seen_unseen_split', 'k_shot',
-           'verification_pairs', 'triplets', 'rank_questions', 'open_questions', 'few_shot_set', 'detection_set']
+           'load_chimpface', 'user_prompt', 'assistant_turn', 'mean_colour_embed', 'split_dataset', 'seen_unseen_split',
+           'k_shot', 'verification_pairs', 'triplets', 'rank_questions', 'open_questions', 'few_shot_set',
+           'detection_set']
 
 # %% ../nbs/03_data.ipynb #9bc8e69b
 class Loaded(NamedTuple):
@@ -1015,6 +1016,11 @@ def user_prompt(text:str,  # the question
     msgs = [{"role": "user", "content": [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": text}]}]
     if system: msgs.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
     return msgs
+
+# %% ../nbs/03_data.ipynb #a551574a7e01
+def assistant_turn(text: str):  # the assistant's answer
+    "A TRL conversational completion: one assistant turn holding `text`."
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
 
 # %% ../nbs/03_data.ipynb #ad1099f9
 def _resolve_labels(ds, taxonomy, label_col):

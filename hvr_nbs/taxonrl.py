@@ -45,7 +45,8 @@ def taxonrl_prompt(levels=LEVELS,  # intermediate ranks, root first
 # %% ../nbs/10_taxonrl.ipynb #f08df127
 def pair_messages(text: str):  # the instruction, e.g. `taxonrl_prompt()`
     "A one-turn conversational prompt holding two image placeholders and `text`."
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": text}]}]
+    from hvr_nbs.data import user_prompt
+    return user_prompt(text, n_images=2)
 
 # %% ../nbs/10_taxonrl.ipynb #d7a12245
 def reference_completion(path1: dict,  # rank -> name for image 1 (must cover `levels`)
@@ -225,13 +226,14 @@ def taxonrl_base(prof,  # a `Profile`
         return resolve_checkpoint(prof.model.vlm)
     from hvr_nbs.training import warm_start_base, train_sft, sft_config, log_frame
     from hvr_nbs.models import cached_artifact
+    from hvr_nbs.data import assistant_turn
     base = warm_start_base(prof).path
     steps = int(warmup_steps) if warmup_steps is not None else prof.train.sft_steps if in_test() else max(200, prof.train.sft_steps)
     if steps <= 0: return base
     def build(out):
         d = data if data is not None else taxonrl_pairs(prof)
         tr = (prepare or to_taxonrl)(d["train"])
-        tr = tr.map(lambda r: {"completion": [{"role": "assistant", "content": [{"type": "text", "text": (target_fn or schema_target)(r)}]}]})
+        tr = tr.map(lambda r: {"completion": assistant_turn((target_fn or schema_target)(r))})
         tr = tr.select_columns(["images", "prompt", "completion"])
         conf = sft_config(prof, Path(out)/"_trainer", max_steps=steps, learning_rate=prof.train.warm_start_lr,
                           per_device_train_batch_size=8, logging_steps=max(1, steps // 20), disable_tqdm=True)

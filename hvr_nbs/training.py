@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from trl import SFTConfig, SFTTrainer, GRPOConfig, GRPOTrainer
 from .core import get_profile, get_device, in_test, set_seed, write_manifest
+from .data import user_prompt, assistant_turn
 from .models import load_vlm, make_tiny_vlm, vlm_corpus, parse_tiny_name, cached_artifact, count_parameters, TINY_SIZES
 
 # %% auto #0
@@ -231,11 +232,6 @@ CHOICE_QUESTION = ("Given the animal in the image, what is its taxonomic classif
 DESCRIBE_QUESTION = "Describe the taxonomy of the animal in the image."
 PAIR_QUESTION = "Do the two images show the same {rank}?"
 
-def _user(n_images, text):
-    return [{"role": "user", "content": [{"type": "image"}] * n_images + [{"type": "text", "text": text}]}]
-
-def _assistant(text): return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
-
 class WarmStartExamples:
     "SFT examples (prompt, completion, images) about SynthTaxa images, generated deterministically per index."
     def __init__(self, dataset,  # rows with 'image' and one column per rank
@@ -279,7 +275,7 @@ class WarmStartExamples:
             if not pool: same, pool = not same, [k for k in range(len(self.images)) if k != j]
             k = rng.choice(pool)
             q, a, imgs = PAIR_QUESTION.format(rank=rank), "yes" if self.labels[rank][k] == truth else "no", [j, k]
-        return {"images": [self.images[x] for x in imgs], "prompt": _user(len(imgs), q), "completion": _assistant(a),
+        return {"images": [self.images[x] for x in imgs], "prompt": user_prompt(q, len(imgs)), "completion": assistant_turn(a),
                 "kind": kind, "rank": rank}
 
     def _transform(self, batch):
@@ -306,7 +302,7 @@ def generate_answers(model, processor,
     try:
         for s in range(0, len(questions), batch_size):
             ims = [x if isinstance(x, (list, tuple)) else [x] for x in images[s:s + batch_size]]
-            texts = [processor.apply_chat_template(_user(len(im), q), add_generation_prompt=True)
+            texts = [processor.apply_chat_template(user_prompt(q, len(im)), add_generation_prompt=True)
                      for im, q in zip(ims, questions[s:s + batch_size])]
             enc = processor(text=texts, images=[i for im in ims for i in im], padding=True, return_tensors="pt").to(dev)
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False)
@@ -476,6 +472,6 @@ def rank_question_dataset(dataset,  # rows with 'image' and one column per rank
                           ranks):  # ranks to ask about (one prompt per image and rank)
     "GRPO prompts: the open rank question per image and rank, with the answer in 'solution'."
     import datasets as hfds
-    rows = [dict(image=im, prompt=_user(1, RANK_QUESTION.format(rank=r)), solution=str(v), rank=r)
+    rows = [dict(image=im, prompt=user_prompt(RANK_QUESTION.format(rank=r)), solution=str(v), rank=r)
             for r in ranks for im, v in zip(dataset["image"], dataset[r])]
     return hfds.Dataset.from_list(rows)

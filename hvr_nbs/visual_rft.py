@@ -20,6 +20,7 @@ from .rewards import (visual_rft_format_reward, visual_rft_accuracy_reward, visu
                              visual_rft_iou_reward, visual_rft_confidence_reward, parse_detections, parse_tag,
                              think_answer_parts, normalize_label, completion_text)
 from .evaluation import generate_completions, score_completions
+from .data import user_prompt, assistant_turn
 
 # %% auto #0
 __all__ = ['SFT_THINK', 'TASK_REWARDS', 'PAPER_GRPO', 'METHODS', 'PAPER_CLS_DATASETS', 'cls_question', 'det_question', 'cls_rows',
@@ -51,12 +52,6 @@ def det_question(category: str,  # the category to detect
 # %% ../nbs/11_visual_rft.ipynb #11966008
 SFT_THINK = "The body shape, the colour and the pattern."
 
-def _user_turn(text):
-    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-
-def _assistant_turn(text):
-    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
-
 # %% ../nbs/11_visual_rft.ipynb #eac253d6
 def cls_rows(ds: Dataset,  # labelled images: an `image` column and the `label` column
              label: str = "species",  # the column holding the class name
@@ -69,8 +64,8 @@ def cls_rows(ds: Dataset,  # labelled images: an `image` column and the `label` 
         if c not in ds.column_names: raise KeyError(f"cls_rows: no column {c!r}; columns are {ds.column_names}")
     q = cls_question(domain, rank or label)
     def one(r):
-        return {"prompt": _user_turn(q), "answer": r[label],
-                "completion": _assistant_turn(f"<think>{think}</think><answer>{r[label]}</answer>")}
+        return {"prompt": user_prompt(q), "answer": r[label],
+                "completion": assistant_turn(f"<think>{think}</think><answer>{r[label]}</answer>")}
     return ds.select_columns(list(dict.fromkeys(["image", label, *keep]))).map(one)
 
 # %% ../nbs/11_visual_rft.ipynb #924ef36d
@@ -92,8 +87,8 @@ def det_rows(ds: Dataset,  # multi-object images: `image`, `bbox` (boxes) and `l
             for cat, bs in sorted(by_cat.items()):
                 target = json.dumps([{"Position": [int(round(v)) for v in b], "Confidence": 1.0} for b in bs])
                 out["image"].append(img); out["category"].append(cat); out["boxes"].append(bs)
-                out["prompt"].append(_user_turn(det_question(cat, size)))
-                out["completion"].append(_assistant_turn(f"<think>{think}</think><answer>{target}</answer>"))
+                out["prompt"].append(user_prompt(det_question(cat, size)))
+                out["completion"].append(assistant_turn(f"<think>{think}</think><answer>{target}</answer>"))
         return dict(out)
     return ds.select_columns(["image", "bbox", "labels"]).map(expand, batched=True, remove_columns=["image", "bbox", "labels"])
 

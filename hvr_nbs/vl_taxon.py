@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from .core import get_profile, in_test, set_seed, run_dir, write_manifest, log_result
 from .rewards import vl_taxon_format_reward
+from .data import assistant_turn
 
 # %% auto #0
 __all__ = ['RANKS', 'METHODS', 'stage1_prompt', 'stage1_target', 'stage2_prompt', 'stage2_target', 'paper_table',
@@ -189,8 +190,8 @@ def sibling_share(questions,  # `vl_taxon_questions` output
     return pd.Series(hit, index=df["rank"].values).groupby(level=0, sort=False).mean().mul(100).rename("sibling distractor (%)")
 
 # %% ../nbs/13_vl_taxon.ipynb #9ce4e630
-def _user(text): return [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": text}]}]  # uniform keys: one Arrow type
-def _assistant(text): return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+def _user(text):  # the user turn; the image item carries "text": None so every content item has the same keys (one Arrow type when stage-1 and stage-2 rows are concatenated)
+    return [{"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": text}]}]
 
 def stage1_rows(images,  # labelled images with one column per rank
                 ranks=RANKS,  # rank columns, root first
@@ -198,7 +199,7 @@ def stage1_rows(images,  # labelled images with one column per rank
     "Stage-1 rows: image, prompt, ideal completion, `answer` (the leaf name), `stage` = 1, `rank` (the leaf rank)."
     ranks = list(ranks); prompt = _user(stage1_prompt(ranks, domain))
     def f(*names):
-        return dict(prompt=prompt, completion=_assistant(stage1_target(names, ranks)), answer=names[-1], stage=1, rank=ranks[-1])
+        return dict(prompt=prompt, completion=assistant_turn(stage1_target(names, ranks)), answer=names[-1], stage=1, rank=ranks[-1])
     keep = ["image", "image_id", *ranks] if "image_id" in images.column_names else ["image", *ranks]
     return images.select_columns(keep).map(f, input_columns=ranks)
 
@@ -212,7 +213,7 @@ def stage2_rows(questions,  # `vl_taxon_questions` output
     def f(image_id, rank, options, answer, *names):
         leaf = names[-1] if leaves is None else leaves.get(image_id)
         return dict(prompt=_user(stage2_prompt(leaf, rank, options, ranks, domain)),
-                    completion=_assistant(stage2_target(names, answer, ranks)), stage=2, stage1_leaf=leaf or "")
+                    completion=assistant_turn(stage2_target(names, answer, ranks)), stage=2, stage1_leaf=leaf or "")
     drop = [c for c in ("prompt", "completion") if c in questions.column_names]  # re-inferred, as in `stage1_rows`
     return questions.map(f, input_columns=["image_id", "rank", "options", "answer", *ranks], remove_columns=drop)
 
@@ -338,7 +339,7 @@ def _sft_rows(imgs, Q, half, direct=False):
     parts = []
     for h in halves:
         if direct:  # the benchmark's question, target = the letter
-            parts.append(Q[h].map(lambda a: dict(completion=_assistant(a)), input_columns=["answer"]))
+            parts.append(Q[h].map(lambda a: dict(completion=assistant_turn(a)), input_columns=["answer"]))
         else:
             parts += [stage1_rows(imgs[h], imgs["ranks"], imgs["domain"]), stage2_rows(Q[h], imgs["ranks"], imgs["domain"])]
     return hfds.concatenate_datasets([p.select_columns(["image", "prompt", "completion"]) for p in parts]).shuffle(seed=0)
