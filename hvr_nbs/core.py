@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 
 # %% auto #0
-__all__ = ['PROFILES', 'TRACKED_PACKAGES', 'WorldConfig', 'ModelConfig', 'TrainConfig', 'EvalConfig', 'Profile', 'get_profile',
-           'in_test', 'set_seed', 'get_device', 'get_dtype', 'cache_dir', 'run_dir', 'package_versions', 'git_info',
-           'device_info', 'write_manifest', 'results_dir', 'log_result']
+__all__ = ['PROFILES', 'TEST_OVERRIDES', 'TRACKED_PACKAGES', 'WorldConfig', 'ModelConfig', 'TrainConfig', 'EvalConfig', 'Profile',
+           'get_profile', 'in_test', 'set_seed', 'get_device', 'get_dtype', 'notebook_setup', 'cache_dir', 'run_dir',
+           'package_versions', 'git_info', 'device_info', 'write_manifest', 'results_dir', 'log_result']
 
 # %% ../nbs/00_core.ipynb #55bd9e94
 @dataclass
@@ -70,6 +70,7 @@ class EvalConfig:
     n_eval: int = 64  # examples per evaluation table
     batch_size: int = 16
     max_new_tokens: int = 64
+    n_samples: int = 8  # completions sampled per prompt for the learning check (sampled accuracy, pass@k)
 
 # %% ../nbs/00_core.ipynb #f813f25b
 @dataclass
@@ -172,6 +173,26 @@ def get_dtype(device=None,  # a torch device; default: `get_device()`
     if name != "auto": return getattr(torch, name)
     device = torch.device(device) if device is not None else get_device()
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+# %% ../nbs/00_core.ipynb #12370f85
+TEST_OVERRIDES = dict(train__seeds=(0,), train__grpo_steps=1, train__sft_steps=2, train__num_generations=2,
+                      train__per_device_batch=4, train__max_completion_length=32,
+                      eval__n_eval=8, eval__max_new_tokens=32, eval__n_samples=2)  # the nbdev_test budget
+
+# %% ../nbs/00_core.ipynb #c3fb2e58
+def notebook_setup(profile="smoke",  # a profile name or `Profile`
+                   seed: int = 0,  # seeds random, numpy and torch
+                   **overrides):  # profile overrides (`section__field=value`), e.g. from papermill parameters
+    "The profile a notebook runs with (test budget applied under nbdev_test), seeded, with quiet libraries."
+    import warnings, torch, datasets, transformers
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' renaming notices, once per trainer
+    datasets.disable_progress_bars(); transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    prof = get_profile(profile, **{k: v for k, v in overrides.items() if v is not None})
+    if in_test(): prof = get_profile(prof, **TEST_OVERRIDES)
+    if get_device(prof.device).type == "cpu" and str(prof.model.vlm).startswith("tiny"): torch.set_num_threads(1)
+    set_seed(seed)
+    return prof
 
 # %% ../nbs/00_core.ipynb #560ce7b6
 def cache_dir(*parts):  # sub-folders inside the cache

@@ -4,15 +4,15 @@
 
 # %% ../nbs/20_reproduce.ipynb #6fa16616
 from __future__ import annotations
-import os, sys, json, time, argparse, datetime, traceback, subprocess, resource, html
+import os, sys, re, csv, json, time, argparse, datetime, itertools, traceback, subprocess, resource, html, urllib.parse
 from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 from .core import PROFILES, get_profile, write_manifest, device_info
 
 # %% auto #0
-__all__ = ['PAPER_DATASETS', 'default_nbs_dir', 'notebook_sequence', 'check_paper_data', 'run_notebook', 'collect_results',
-           'write_report', 'reproduce', 'parse_args', 'main']
+__all__ = ['PAPER_DATASETS', 'default_nbs_dir', 'notebook_sequence', 'check_paper_data', 'run_notebook', 'read_table',
+           'collect_results', 'write_report', 'reproduce', 'parse_args', 'main']
 
 # %% ../nbs/20_reproduce.ipynb #29acd829
 def default_nbs_dir():
@@ -59,13 +59,11 @@ def check_paper_data(data_root,  # root folder holding one sub-folder per data s
                                 + ", ".join(f"DIR/{n}/" for n in needed) + " (layouts: data_cards/).")
     root = Path(data_root)
     if not root.is_dir(): raise FileNotFoundError(f"--data-root {root} does not exist.")
-    try: from hvr_nbs.data import check_data_root
-    except ImportError: check_data_root = None
+    from hvr_nbs.loaders import check_data_root
     problems = []
     for name in needed:
         try:
-            if check_data_root is not None: check_data_root(name, root/name)
-            elif not (root/name).is_dir(): raise FileNotFoundError(f"expected folder {root/name}")
+            check_data_root(name, root/name)
         except FileNotFoundError as e: problems.append(f"- {name}: {e}")
     if problems: raise FileNotFoundError(f"--data-root {root} is missing data the paper profile needs:\n" + "\n".join(problems))
     return needed
@@ -104,24 +102,129 @@ def run_notebook(nb_path,  # the notebook to execute
 
 # %% ../nbs/20_reproduce.ipynb #983e89a3
 def _md_table(df):
-    "A DataFrame as a GitHub-flavoured markdown table (no extra dependency)."
-    df = df.reset_index() if df.index.name or not isinstance(df.index, pd.RangeIndex) else df
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-    rows = [" | ".join(map(str, df.columns)), " | ".join("---" for _ in df.columns)]
-    rows += [" | ".join(fmt(v).replace("|", "/") for v in r) for r in df.itertuples(index=False)]
+    "A DataFrame as a GitHub-flavoured markdown table (no extra dependency); missing values blank, text HTML-escaped."
+    if df.index.name or not isinstance(df.index, pd.RangeIndex):
+        df = df.reset_index(names=df.index.name or "") if df.index.nlevels == 1 else df.reset_index()  # unnamed: empty header
+    fmt = lambda v: "" if v is None or (isinstance(v, float) and v != v) else f"{v:.4g}" if isinstance(v, float) else str(v)
+    cell = lambda v: html.escape(fmt(v), quote=False).replace("|", "/").replace("\n", " ")
+    rows = [" | ".join(map(cell, df.columns)), " | ".join("---" for _ in df.columns)]
+    rows += [" | ".join(map(cell, r)) for r in df.itertuples(index=False)]
     return "\n".join(f"| {r} |" for r in rows)
+
+# %% ../nbs/20_reproduce.ipynb #15ab2682
+def _header_levels(path,  # a CSV written by `DataFrame.to_csv` (index included)
+                   max_levels: int = 4):  # the most header rows to look for
+    "How many header rows pandas wrote: 1, or the number of levels of MultiIndex columns."
+    with open(path, newline="", encoding="utf-8") as f: head = list(itertools.islice(csv.reader(f), max_levels + 2))
+    repeats = lambda cells: any(a == b != "" for a, b in zip(cells, cells[1:]))
+    n = 1
+    while n < min(len(head), max_levels) and repeats(head[n - 1][1:]): n += 1  # a level's label repeats over its columns
+    if n == 1 and len(head) > 2 and head[0][:1] == [""] and head[1][:1] == [""]:  # unnamed levels, then the index-name row
+        n = next((k for k in range(2, min(len(head), max_levels + 1)) if len(head[k]) > 1 and not any(head[k][1:])), 1)
+    return n
+
+# %% ../nbs/20_reproduce.ipynb #42002ab1
+def _flat(col):  # a column label, or a tuple of them
+    "One header from a MultiIndex label: its non-empty parts joined by spaces (('mean', 'Visual') -> 'mean Visual')."
+    parts = col if isinstance(col, tuple) else (col,)
+    return " ".join(str(p) for p in parts if str(p) not in ("", "nan") and not str(p).startswith("Unnamed: "))
+
+# %% ../nbs/20_reproduce.ipynb #56df3779
+def read_table(path):  # a CSV written by `log_result`
+    "A logged table read back with the header rows it was written with; several header levels flattened into one."
+    n = _header_levels(path)
+    if n > 1:
+        try:
+            df = pd.read_csv(path, header=list(range(n)), index_col=0)
+            df.columns = [_flat(c) for c in df.columns]
+            if str(df.index.name).startswith("Unnamed: "): df.index.name = None
+        except (ValueError, IndexError, pd.errors.ParserError): n = 1  # not what it looked like: read it plainly
+    if n == 1: df = pd.read_csv(path, index_col=0)
+    if df.index.name is None and df.index.equals(pd.RangeIndex(len(df))): df = df.reset_index(drop=True)  # 0, 1, ...: no index
+    return df
+
+# %% ../nbs/20_reproduce.ipynb #1e65f5e3
+def _kind(meta):  # a result's JSON record
+    "What a logged result is: 'figure', 'learning_check', 'collapse_check' or 'table'."
+    name = str(meta.get("name", ""))
+    if meta.get("kind") == "figure": return "figure"
+    if name.endswith("_learning_check"): return "learning_check"
+    if name.endswith("_collapse_check"): return "collapse_check"
+    return "table"
+
+# %% ../nbs/20_reproduce.ipynb #b2f569a4
+_REPORT_ORDER = {"learning_check": 0, "table": 1, "collapse_check": 1, "figure": 2, "error": 3}
 
 # %% ../nbs/20_reproduce.ipynb #04c35163
 def collect_results(out_dir):  # the run's output folder
-    "Every table the notebooks logged under `out_dir/results`: a list of dicts (meta, table, reference)."
-    found = []
-    for meta_path in sorted(Path(out_dir, "results").glob("*/*.json")):
-        meta = json.loads(meta_path.read_text())
-        table = pd.read_csv(meta_path.with_suffix(".csv"), index_col=0)
-        ref_path = meta_path.with_name(meta_path.stem + ".reference.csv")
-        ref = pd.read_csv(ref_path, index_col=0) if ref_path.exists() else None
-        found.append(dict(notebook=meta_path.parent.name, meta=meta, table=table, reference=ref))
-    return found
+    "Everything the notebooks logged under `out_dir/results`: dicts (notebook, kind, meta, table, reference, image), in report order."
+    out_dir, found = Path(out_dir), []
+    for meta_path in sorted(out_dir.glob("results/*/*.json")):
+        item = dict(notebook=meta_path.parent.name, meta={"name": meta_path.stem}, table=None, reference=None, image=None)
+        try:
+            item["meta"] = meta = json.loads(meta_path.read_text())
+            item["kind"] = _kind(meta)
+            if item["kind"] == "figure":
+                png = meta_path.parent/meta.get("file", f"{meta_path.stem}.png")
+                if not png.exists(): raise FileNotFoundError(f"figure file {png.name} is missing")
+                item["image"] = png.relative_to(out_dir).as_posix()
+            else:
+                item["table"] = read_table(meta_path.with_suffix(".csv"))
+                ref = meta_path.with_name(meta_path.stem + ".reference.csv")
+                if ref.exists(): item["reference"] = read_table(ref)
+        except (OSError, ValueError) as e:  # JSON and CSV parse errors are ValueErrors
+            item.update(kind="error", error=f"{type(e).__name__}: {e}")
+        found.append(item)
+    return sorted(found, key=lambda r: (r["notebook"], _REPORT_ORDER[r["kind"]]))  # stable: by name within a kind
+
+# %% ../nbs/20_reproduce.ipynb #839ea60f
+def _collapse_line(item):  # a 'collapse_check' record of `collect_results`
+    "(passed, text) for a collapse check: 'collapse check passed: name' or its warning messages."
+    name, t = item["meta"].get("name", "").removesuffix("_collapse_check"), item["table"]
+    if t is None or t.empty: return True, f"collapse check passed: {name}"
+    msgs = t["message"].astype(str).tolist() if "message" in t else [f"{len(t)} problem(s)"]
+    return False, f"collapse check of {name}: " + "; ".join(msgs)
+
+# %% ../nbs/20_reproduce.ipynb #fb006b6c
+def _item_md(item):  # one record of `collect_results`
+    "Markdown lines for one logged item."
+    m, kind = item["meta"], item["kind"]
+    esc = lambda s: html.escape(str(s), quote=False)  # notebook text (captions, model answers) shown, never run as markup
+    if kind == "collapse_check":
+        ok, text = _collapse_line(item)
+        return [f"> {'✅' if ok else '⚠️'} **{esc(text)}**", ""]
+    head = [f"#### {esc(m.get('name', ''))}" + (" (learning check: RL vs its own start)" if kind == "learning_check" else ""), ""]
+    if kind == "error": return head + [f"*Could not read this result: {esc(item['error'])}*", ""]
+    cap = esc(m.get("caption") or "")
+    if kind == "figure":
+        alt = re.sub(r"[\[\]\n]", " ", cap or esc(m.get("name", "")))
+        return head + [f"![{alt}]({urllib.parse.quote(item['image'])})", ""] + ([f"*{cap}*", ""] if cap else [])
+    label = esc(", ".join(f"{k}: {m[k]}" for k in ("profile", "model", "data", "device") if m.get(k)))
+    lines = head + ([cap, ""] if cap else []) + [f"*Ours* ({label})", "", _md_table(item["table"]), ""]
+    if item["reference"] is not None:
+        lines += [f"*Paper* ({esc(m.get('reference_source', ''))})", "", _md_table(item["reference"]), ""]
+    return lines
+
+# %% ../nbs/20_reproduce.ipynb #d6f89467
+_COLLAPSE_STYLE = {True: "border-left:6px solid #2e7d32;background:#e8f5e9", False: "border-left:6px solid #e65100;background:#fff3e0"}
+
+# %% ../nbs/20_reproduce.ipynb #821e5e58
+def _item_html(item):  # one record of `collect_results`
+    "An HTML fragment for one logged item."
+    m, kind, esc = item["meta"], item["kind"], html.escape
+    if kind == "collapse_check":
+        ok, text = _collapse_line(item)
+        return f'<p class="collapse" style="{_COLLAPSE_STYLE[ok]};padding:4px 8px">{"✅" if ok else "⚠️"} <b>{esc(text)}</b></p>'
+    head = f"<h4>{esc(m.get('name', ''))}{' (learning check: RL vs its own start)' if kind == 'learning_check' else ''}</h4>"
+    if kind == "error": return head + f"<p><i>Could not read this result: {esc(item['error'])}</i></p>"
+    if kind == "figure":
+        cap = esc(m.get("caption", ""))
+        return head + f'<figure><img src="{esc(urllib.parse.quote(item["image"]))}" alt="{cap or esc(m.get("name", ""))}" style="max-width:100%"/><figcaption>{cap}</figcaption></figure>'
+    label = ", ".join(f"{k}: {m[k]}" for k in ("profile", "model", "data", "device") if m.get(k))
+    out = head + (f"<p>{esc(m['caption'])}</p>" if m.get("caption") else "") + f"<p><i>Ours</i> ({esc(label)})</p>" + item["table"].to_html(na_rep="")
+    if item["reference"] is not None:
+        out += f"<p><i>Paper</i> ({esc(m.get('reference_source', ''))})</p>" + item["reference"].to_html(na_rep="")
+    return out
 
 # %% ../nbs/20_reproduce.ipynb #380eb4af
 def write_report(out_dir,  # the run's output folder
@@ -130,7 +233,7 @@ def write_report(out_dir,  # the run's output folder
     "Write `report.md` and `report.html` into `out_dir` and return the markdown path."
     out_dir = Path(out_dir); dev = device_info()
     device = dev.get("gpu") or f"CPU ({dev['cpu_count']} cores)"
-    status_df = pd.DataFrame(statuses)[["notebook", "status", "wall_s", "peak_rss_gb"]]
+    status_df = pd.DataFrame(statuses, columns=["notebook", "status", "wall_s", "peak_rss_gb"])
     lines = [f"# hvr_nbs reproduction report", "",
              f"- profile: **{profile}**" + (" (pipeline check on a tiny model and a synthetic world: these numbers are "
                                               "not the papers' claims)" if profile == "smoke" else ""),
@@ -141,23 +244,17 @@ def write_report(out_dir,  # the run's output folder
             lines += [f"### {s['notebook']} failed", "", "```", s["error"][-2000:], "```", ""]
     results = collect_results(out_dir)
     if results: lines += ["## Results", ""]
-    html_parts = []
+    html_parts, current = [], None
     for r in results:
-        m = r["meta"]
-        label = ", ".join(f"{k}: {m[k]}" for k in ("profile", "model", "data", "device") if m.get(k))
-        lines += [f"### {m['name']} ({r['notebook']})", "", m.get("caption", ""), "", f"*Ours* ({label})", "",
-                  _md_table(r["table"]), ""]
-        html_parts += [f"<h3>{html.escape(m['name'])} ({r['notebook']})</h3><p>{html.escape(m.get('caption', ''))}</p>",
-                       f"<p><i>Ours</i> ({html.escape(label)})</p>", r["table"].to_html()]
-        if r["reference"] is not None:
-            lines += [f"*Paper* ({m.get('reference_source', '')})", "", _md_table(r["reference"]), ""]
-            html_parts += [f"<p><i>Paper</i> ({html.escape(m.get('reference_source', ''))})</p>", r["reference"].to_html()]
-    md = "\n".join(lines)
-    (out_dir/"report.md").write_text(md)
+        if r["notebook"] != current:
+            current = r["notebook"]
+            lines += [f"### {current}", ""]; html_parts.append(f"<h3>{html.escape(current)}</h3>")
+        lines += _item_md(r); html_parts.append(_item_html(r))
+    (out_dir/"report.md").write_text("\n".join(lines), encoding="utf-8")
     (out_dir/"report.html").write_text(
-        "<html><head><meta charset='utf-8'><title>hvr_nbs report</title></head><body>"
-        f"<h1>hvr_nbs reproduction report</h1><p>profile: {profile}; device: {html.escape(device)}</p>"
-        + status_df.to_html(index=False) + "".join(html_parts) + "</body></html>")
+        "<!doctype html><html><head><meta charset='utf-8'><title>hvr_nbs report</title></head><body>"
+        f"<h1>hvr_nbs reproduction report</h1><p>profile: {html.escape(profile)}; device: {html.escape(device)}</p>"
+        + status_df.to_html(index=False, na_rep="") + "".join(html_parts) + "</body></html>", encoding="utf-8")
     return out_dir/"report.md"
 
 # %% ../nbs/20_reproduce.ipynb #5716007e

@@ -167,7 +167,8 @@ def paper_pairs(data_root,  # folder holding birds_to_words/ and danish_fungi/ i
                 seed: int = 0,  # split (and fungi pair sampling) seed
                 n_fungi_pairs: int = 51_400):  # Danish Fungi pairs to draw (the paper's count)
     "The paper's pair sets, each split 70/15/15: {'birds_to_words': DatasetDict, 'danish_fungi': DatasetDict} (those present)."
-    from hvr_nbs.data import load_birds_to_words, load_danish_fungi, verification_pairs, split_dataset
+    from hvr_nbs.data import verification_pairs, split_dataset
+    from hvr_nbs.loaders import load_birds_to_words, load_danish_fungi
     if data_root is None: raise ValueError("The paper profile needs data_root= holding birds_to_words/ and/or danish_fungi/")
     root, out = Path(data_root), {}
     if (root/"birds_to_words").exists():
@@ -178,7 +179,7 @@ def paper_pairs(data_root,  # folder holding birds_to_words/ and danish_fungi/ i
         fp = verification_pairs(df20.dataset, df20.taxonomy, n_pairs=n_fungi_pairs, seed=seed, domain="fungus",
                                 proportions={s: 1.0 for s in df20.taxonomy.strata if s != "different"})
         out["danish_fungi"] = split_dataset(fp, (0.7, 0.15, 0.15), seed=seed, stratify_by="stratum")
-    if not out: raise FileNotFoundError(f"{root} holds neither birds_to_words/ nor danish_fungi/ (see hvr_nbs.data.DATASET_LAYOUTS)")
+    if not out: raise FileNotFoundError(f"{root} holds neither birds_to_words/ nor danish_fungi/ (see hvr_nbs.loaders.DATASET_LAYOUTS)")
     return out
 
 # %% ../nbs/10_taxonrl.ipynb #10af37e6
@@ -673,7 +674,7 @@ def identity_data(prof,  # a `Profile`
     "Open-set identity-verification pairs for a profile: SynthTaxa individuals, or (paper) the ChimpFace layout."
     n_pairs = n_pairs or max(16, prof.eval.n_eval)
     if prof.name == "paper" or prof.data_root:
-        from hvr_nbs.data import load_chimpface
+        from hvr_nbs.loaders import load_chimpface
         ds = load_chimpface(Path(prof.data_root or ".")/"chimpface").dataset
         if "species" not in ds.column_names: ds = ds.add_column("species", ["Pan troglodytes"] * len(ds))
         return identity_pairs(ds, attributes=CHIMP_ATTRIBUTES, n_pairs=n_pairs, seed=seed)

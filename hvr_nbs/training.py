@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_training.ipynb #8d35f449
 from __future__ import annotations
-import os, json, time, random, math, shutil
+import os, json, time, random, math, shutil, tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field, asdict
 from pathlib import Path

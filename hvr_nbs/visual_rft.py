@@ -370,7 +370,7 @@ def paper_classification_sets(data_root,  # folder holding one sub-folder per da
                               seed: int = 0,  # which test rows
                               names=tuple(PAPER_CLS_DATASETS)):  # which data sets
     "Visual-RFT classification rows for the paper's data sets: {name: (train pool rows, test rows)}."
-    from hvr_nbs import data as hd
+    from hvr_nbs import loaders as hd
     if data_root is None: raise ValueError("The paper profile needs data_root: a folder with " + ", ".join(f"{n}/" for n in names))
     out = {}
     for name in names:

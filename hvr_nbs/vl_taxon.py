@@ -131,7 +131,7 @@ def vl_taxon_images(prof,  # a `Profile`
     "Images for VL-Taxon: {'sft', 'grpo', 'test'} Datasets (training species split in halves) plus the taxonomy and domain word."
     from hvr_nbs.data import split_dataset
     if prof.name == "paper" or prof.data_root:
-        from hvr_nbs.data import load_inat21, load_cub
+        from hvr_nbs.loaders import load_inat21, load_cub
         root = Path(prof.data_root or ".")
         if dataset == "inat21":
             tr = load_inat21(root/"inat21", split="train_mini", kingdoms=["Plantae"])  # >= 10 images per species, as the paper samples

@@ -1,11 +1,11 @@
-"Loaders of hvr_nbs.data on fixtures written in each data set's official layout (nothing is downloaded)."
+"Loaders of hvr_nbs.loaders on fixtures written in each data set's official layout (nothing is downloaded), and hvr_nbs.data's builders on them."
 import warnings
 from collections import Counter
 
 import pytest
 
-from hvr_nbs.data import (DATASET_LAYOUTS, LOADERS, CorruptImageError, check_data_root, make_fixture, rank_questions,
-                          verification_pairs, split_dataset, LETTERS)
+from hvr_nbs.data import rank_questions, verification_pairs, split_dataset, LETTERS
+from hvr_nbs.loaders import DATASET_LAYOUTS, LOADERS, CorruptImageError, check_data_root, make_fixture
 
 # loader-specific keyword arguments for the fixture runs
 KW = {"fgvc_aircraft": lambda tmp: dict(cache=tmp / "crop"), "birds_to_words": lambda tmp: dict(taxonomy=None)}

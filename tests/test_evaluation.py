@@ -1,5 +1,5 @@
-"Checks of hvr_nbs.evaluation on tiny offline VLMs: left padding, batched == one-by-one greedy, scoring tables, saved files."
-import math
+"Checks of hvr_nbs.evaluation on tiny offline VLMs (left padding, batched == one-by-one greedy, sampling, scoring tables, saved files) and of the result checks (pass@k, learning and collapse checks, baselines, diagnostics, figures)."
+import json, math
 import numpy as np
 import pandas as pd
 import pytest
@@ -8,7 +8,10 @@ from PIL import Image
 
 from hvr_nbs.models import make_tiny_vlm, load_vlm
 from hvr_nbs.evaluation import (encode_batch, generate_completions, next_token_gap, score_completions, row_scorer,
-                                summarise, completions_table, save_completions, benchmark_generation)
+                                summarise, completions_table, save_completions, benchmark_generation,
+                                sample_completions, score_samples, pass_at_k, sampling_summary, trivial_baselines,
+                                learning_check, plot_learning_check, collapse_check, report_collapse, collapse_message,
+                                plot_diagnostics, log_figure, COLLAPSE_COLUMNS)
 
 
 def _image(seed, side):
@@ -105,3 +108,131 @@ def test_score_table_columns_and_values(tmp_path):
     assert paths["html"].read_text().count("<img") == 5
     with pytest.raises(ValueError, match="returned 1 values"):
         score_completions(SINGLE, comps, {"bad": lambda completions, **kw: [0.0]})
+
+
+# ---- sampling and pass@k -------------------------------------------------------------------------------------------
+
+def test_sampling_n_per_row_reproducible_and_greedy_in_the_cold(tiny):
+    model, processor = tiny
+    s = sample_completions(model, processor, SINGLE, n=3, max_new_tokens=6, batch_size=2, progress=False)
+    assert [len(x) for x in s] == [3] * len(SINGLE) and all(isinstance(t, str) for x in s for t in x)
+    assert any(len(set(x)) > 1 for x in s)
+    assert sample_completions(model, processor, SINGLE, n=3, max_new_tokens=6, batch_size=2, progress=False) == s
+    cold = sample_completions(model, processor, SINGLE, n=2, temperature=1e-4, max_new_tokens=6, progress=False)
+    assert [x[0] for x in cold] == generate_completions(model, processor, SINGLE, max_new_tokens=6, progress=False)
+    assert [len(x) for x in sample_completions(model, processor, PAIRS, n=2, max_new_tokens=4, progress=False)] == [2] * 3
+    with pytest.raises(ValueError, match="temperature"): sample_completions(model, processor, SINGLE, temperature=0)
+    long = score_samples(SINGLE, s, {"exact": _exact})
+    assert len(long) == 3 * len(SINGLE) and set(long["sample"]) == {0, 1, 2}
+
+
+def test_pass_at_k_matches_brute_force():
+    import itertools
+    for n in (1, 3, 5):
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                brute = np.mean([any(i < c for i in sub) for sub in itertools.combinations(range(n), k)])
+                assert math.isclose(pass_at_k(c, n, k), brute, abs_tol=1e-12)
+    with pytest.raises(ValueError): pass_at_k(1, 2, 3)
+
+
+def test_sampling_summary_on_hand_made_matrix():
+    t = sampling_summary([[1, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]], answers=[["a", "a", "b", None], ["", None, "c", "C"], ["x"] * 4])
+    row = t.iloc[0]
+    assert math.isclose(row["pass@1"], 0.5) and math.isclose(row["pass@4"], 2 / 3)
+    assert math.isclose(row["pass@2"], (pass_at_k(2, 4, 2) + 0 + 1) / 3)
+    assert math.isclose(row["zero_std_share"], 2 / 3) and math.isclose(row["distinct_answers"], 4 / 3)
+
+
+# ---- learning check ------------------------------------------------------------------------------------------------
+
+def _records(deltas, start=0.5):
+    return pd.DataFrame([dict(method=m, metric="acc", seed=s, start_value=start, value=start + d / 100)
+                         for m, ds in deltas.items() for s, d in enumerate(ds)])
+
+
+def test_learning_check_columns_and_verdicts():
+    t = learning_check(_records({"good": [4, 5, 6], "one_loses": [9, 9, -0.5], "tiny": [1, 1, 1], "wobbly": [8, 1, 1]}))
+    assert list(t.columns) == ["method", "metric", "n_seeds", "start_value", "trained_mean", "trained_std", "seed_deltas", "learns"]
+    assert t.set_index("method")["learns"].to_dict() == {"good": True, "one_loses": False, "tiny": False, "wobbly": False}
+    good = t.set_index("method").loc["good"]
+    assert good["seed_deltas"] == "+4.0;+5.0;+6.0" and good["n_seeds"] == 3
+    assert math.isclose(good["start_value"], 50.0) and math.isclose(good["trained_mean"], 55.0) and math.isclose(good["trained_std"], 1.0)
+    assert learning_check(_records({"tiny": [1, 1, 1]}), min_delta=0.5)["learns"].all()
+    assert not learning_check(_records({"good": [4]}))["learns"].any()  # one seed never passes
+    fig = plot_learning_check(t)
+    assert len(fig.axes) == 1 and sum(len(l.get_xdata()) == 2 for l in fig.axes[0].lines) == 4 * 3 + 4  # seeds + means (legend handles aside)
+
+
+# ---- collapse check ------------------------------------------------------------------------------------------------
+
+def _preds(**methods):
+    return pd.concat([pd.DataFrame(dict(method=m, item=range(len(a)), answer=a)) for m, a in methods.items()], ignore_index=True)
+
+
+def test_collapse_check_flags_each_fixture():
+    const = _preds(rl=["different"] * 10, base=["same", "different"] * 5)
+    assert collapse_check(const, item_col="item")[["method", "check"]].values.tolist() == [["rl", "dominant_answer"]]
+    same = _preds(grpo=list("ABCDABCDAB"), base=list("abcdabcdab"), other=list("BBCDABCDAB"))
+    w = collapse_check(same, item_col="item")
+    assert w[["method", "check"]].values.tolist() == [["grpo, base", "identical_predictions"]]
+    shuffled = pd.DataFrame(dict(method="base", item=range(10)[::-1], answer=list("ABCDABCDAB")[::-1]))
+    w = collapse_check(pd.concat([same[same.method == "grpo"], shuffled]), item_col="item")
+    assert w["check"].tolist() == ["identical_predictions"]  # paired by item id, not by row order
+    fmt = _preds(a=list("ABCDABCDAB")).assign(ok=[0] * 10)
+    assert collapse_check(fmt, format_col="ok")["check"].tolist() == ["low_format_rate"]
+    logs = pd.DataFrame({"step": [1, 2, 3], "method": "a", "reward": 0.0, "rewards/acc/mean": [0.0, 0.1, 0.0],
+                         "frac_reward_zero_std": [0.9, 0.85, 0.95]})
+    w = collapse_check(None, logs=logs)
+    assert w["check"].tolist() == ["reward_never_nonzero", "zero_std_groups"] and "'reward'" in w["message"][0]
+
+
+def test_collapse_check_healthy_and_odd_inputs(tmp_path, monkeypatch, capsys):
+    healthy = _preds(rl=list("ABCDABCDAA"), base=list("ABCDBBCDAB")).assign(ok=1)
+    logs = {"rl": pd.DataFrame({"step": [1, 2], "reward": [0.1, 0.3], "frac_reward_zero_std": [0.2, 0.4]})}
+    w = collapse_check(healthy, item_col="item", format_col="ok", logs=logs)
+    assert list(w.columns) == COLLAPSE_COLUMNS and w.empty
+    odd = pd.DataFrame(dict(method=["m"] * 8, answer=[None, np.nan, "", 7, 0.5, "<b>", "\u202e\x00", "x" * 5000]))
+    assert collapse_check(odd).empty
+    monkeypatch.setenv("HVR_RESULTS_DIR", str(tmp_path))
+    report_collapse(w, "healthy")
+    report_collapse(collapse_check(_preds(rl=["x"] * 6)), "const")
+    out = capsys.readouterr().out
+    assert "collapse check passed: healthy" in out and "⚠️ collapse check of const: 1 warning(s): rl: 'x' is 100%" in out
+    assert pd.read_csv(tmp_path / "healthy_collapse_check.csv", index_col=0).empty
+    assert collapse_message(None, "x") == "✅ collapse check passed: x"
+
+
+try:
+    from hypothesis import given, strategies as st
+
+    @given(st.lists(st.one_of(st.none(), st.text(max_size=20), st.integers(), st.floats(allow_nan=True)), min_size=0, max_size=30),
+           st.integers(1, 3))
+    def test_collapse_check_never_raises_on_model_output(answers, n_methods):
+        df = pd.DataFrame(dict(method=[f"m{i % n_methods}" for i in range(len(answers))], answer=pd.Series(answers, dtype=object)))
+        w = collapse_check(df, min_items=1)
+        assert list(w.columns) == COLLAPSE_COLUMNS
+        trivial_baselines(answers)
+except ImportError:  # hypothesis is a dev dependency
+    pass
+
+
+# ---- baselines, diagnostics, figures -------------------------------------------------------------------------------
+
+def test_trivial_baselines():
+    t = trivial_baselines(["B", "B", "A", "C"], constants={'always "A"': "A"}, n_options=4)
+    assert t.values.tolist() == [["always the majority answer", "B", 0.5], ['always "A"', "A", 0.25], ["chance", "(uniform guess)", 0.25]]
+    assert trivial_baselines(["x", "y"])["score"].iloc[-1] == 0.5
+
+
+def test_plot_diagnostics_and_log_figure(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    log = pd.DataFrame({"step": [1, 2, 3] * 2, "seed": [0] * 3 + [1] * 3, "method": "grpo", "reward": [0.1, 0.2, 0.3, 0.2, 0.2, 0.4],
+                        "rewards/accuracy_reward/mean": 0.5, "kl": np.nan, "entropy": [0.8, 0.7, 0.6] * 2, "unrelated": 1})
+    fig = plot_diagnostics(log)
+    assert [a.get_title() for a in fig.axes if a.get_title()] == ["reward", "reward: accuracy_reward", "entropy"]
+    monkeypatch.setenv("HVR_RESULTS_DIR", str(tmp_path))
+    png = log_figure("diag nostics", fig, caption="c")
+    assert png == tmp_path / "diag_nostics.png" and png.stat().st_size > 1000
+    assert json.loads((tmp_path / "diag_nostics.json").read_text())["kind"] == "figure"
+    plt.close("all")

@@ -1,5 +1,5 @@
-"hvr-reproduce on throw-away notebooks: failures don't stop the run, --resume finishes it, the report holds every table."
-import json, subprocess, sys
+"hvr-reproduce on throw-away notebooks: failures don't stop the run, --resume finishes it, the report holds every table, learning check, collapse check and figure."
+import json, re, subprocess, sys
 from pathlib import Path
 import nbformat, pytest
 
@@ -58,3 +58,50 @@ def test_every_notebook_names_its_kernel():
     for p in sorted(nbs_dir.glob("*.ipynb")):
         ks = json.loads(p.read_text())["metadata"].get("kernelspec", {})
         assert ks.get("name") == "python3" and ks.get("language") == "python", p.name
+
+
+RESULTS_NB = """
+import pandas as pd, matplotlib.pyplot as plt
+from hvr_nbs.core import log_result
+from hvr_nbs.evaluation import learning_check, collapse_check, report_collapse, log_figure
+df = pd.DataFrame({"Visual": [50.0, 60.0], "Other": [10.0, None]}, index=pd.Index(["grpo", "taxonrl"], name="method"))
+t = pd.concat({"mean": df, "std": df / 10}, axis=1)
+t[("seeds", "")] = 3
+log_result("demo_table1", t, caption="two header levels")
+rec = pd.DataFrame([dict(method="taxonrl", metric="sampled", seed=s, start_value=0.4, value=0.4 + d) for s, d in enumerate([.05, .06, .04])])
+log_result("demo_learning_check", learning_check(rec))
+pred = pd.DataFrame(dict(method=["grpo"] * 6 + ["base"] * 6, item=list(range(6)) * 2, answer=["different"] * 6 + ["same", "different"] * 3))
+report_collapse(collapse_check(pred, item_col="item"), "demo_table1")
+report_collapse(collapse_check(pred[pred.method == "base"], item_col="item"), "demo_table2")
+fig, ax = plt.subplots(); ax.plot([0, 1], [0, 1])
+log_figure("demo_curves", fig, caption="a line")
+"""
+
+
+def test_report_renders_two_level_tables_checks_and_figures(tmp_path):
+    d = tmp_path/"nbs"; d.mkdir()
+    make_nb(d/"10_demo.ipynb", RESULTS_NB)
+    out = tmp_path/"run"
+    r = run("--nbs", d, "--out", out)
+    assert r.returncode == 0, r.stderr
+    md, page = (out/"report.md").read_text(), (out/"report.html").read_text()
+    assert "| method | mean Visual | mean Other | std Visual | std Other | seeds |" in md
+    assert "| taxonrl | 60 |  | 6 |  | 3 |" in md and "mean.1" not in md and not re.search(r"\bnan\b", md + page, re.I)
+    assert md.index("demo_learning_check") < md.index("#### demo_table1") < md.index("collapse check of demo_table1")
+    assert "> ⚠️ **collapse check of demo_table1: grpo: 'different' is 100% of 6 answers**" in md
+    assert "> ✅ **collapse check passed: demo_table2**" in md
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert links == ["results/10_demo/demo_curves.png"] and (out/links[0]).exists()
+    assert re.findall(r'<img src="([^"]+)"', page) == links and "<figcaption>a line</figcaption>" in page
+    assert "<th>mean Visual</th>" in page and page.count('class="collapse"') == 2
+
+
+def test_read_table_flattens_two_header_levels(tmp_path):
+    import pandas as pd
+    from hvr_nbs.reproduce import read_table
+    df = pd.DataFrame({"a": [1.0], "b": [2.0]}, index=["x"])
+    two = pd.concat({"mean": df, "std": df}, axis=1)
+    two.to_csv(tmp_path/"t.csv"); df.to_csv(tmp_path/"s.csv")
+    assert list(read_table(tmp_path/"t.csv").columns) == ["mean a", "mean b", "std a", "std b"]
+    assert read_table(tmp_path/"t.csv").loc["x", "std b"] == 2.0
+    assert read_table(tmp_path/"s.csv").equals(pd.read_csv(tmp_path/"s.csv", index_col=0))

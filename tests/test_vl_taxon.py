@@ -122,7 +122,7 @@ def test_paper_settings():
 @pytest.mark.parametrize("name", ["inat21", "cub"])
 def test_paper_profile_reads_the_official_layouts(name, tmp_path):
     "The `paper` branch of `vl_taxon_images` on the loaders' generated fixtures (iNat21 / CUB-200 official layouts)."
-    from hvr_nbs.data import make_fixture
+    from hvr_nbs.loaders import make_fixture
     make_fixture(name, tmp_path/name, n_classes=6, n_per_class=4)
     prof = get_profile("paper", data_root=str(tmp_path))
     d = vl_taxon_images(prof, dataset=name)
