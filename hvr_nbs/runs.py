@@ -30,7 +30,7 @@ class PaperSetting(NamedTuple):
 def paper_profile(settings,  # the paper's `PaperSetting`s
                   **overrides):  # further profile overrides (data_root=..., train__seeds=...)
     "The `paper` profile with this paper's own settings applied (profile fields only)."
-    return get_profile("paper", **{s.key: s.value for s in settings if s.is_profile}, **overrides)
+    return get_profile("paper", **{**{s.key: s.value for s in settings if s.is_profile}, **overrides})  # overrides win
 
 # %% ../nbs/08a_runs.ipynb #05cfd003
 def trainer_settings(settings,  # the paper's `PaperSetting`s

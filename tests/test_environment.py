@@ -37,3 +37,17 @@ def test_ci_runs_the_readme_test_command():
 def test_package_imports_and_exposes_version():
     import hvr_nbs, hvr_nbs.core, hvr_nbs.reproduce
     assert hvr_nbs.__version__ == _settings()["version"]
+
+def test_readme_and_settings_name_only_notebooks_that_exist():
+    named = set(re.findall(r"nbs/(\d\d[a-z]?_[a-z0-9_]+)\.ipynb", (ROOT/"README.md").read_text()))
+    missing = sorted(n for n in named if not (ROOT/"nbs"/f"{n}.ipynb").exists())
+    assert not missing, f"README names notebooks that do not exist: {missing}"
+    nb = _settings().get("readme_nb")
+    assert nb is None or (ROOT/"nbs"/nb).exists(), f"settings.ini names a missing readme notebook {nb!r}"
+
+def test_paper_modules_share_one_interface():
+    import importlib
+    for name in ("taxonrl", "visual_rft", "fine_r1", "vl_taxon", "tara"):
+        m = importlib.import_module(f"hvr_nbs.{name}")
+        for attr in ("PAPER_SETTINGS", "run_method", "run_experiment", "main"):
+            assert hasattr(m, attr), f"hvr_nbs.{name} lacks {attr}"

@@ -72,3 +72,37 @@ def test_tied_confidences_do_not_depend_on_image_order():
     A = [0, 0, 1, 1]
     tied = [[(A, 0.5)], [(A, 0.5)]]
     assert average_precision(tied, [[], [A]]) == average_precision(tied, [[A], []]) == pytest.approx(0.5)
+
+
+def test_paper_settings_reach_the_paper_profile():
+    "`--profile paper` runs Visual-RFT's own settings (no TaxonRL values leak in) and the settings table agrees."
+    from hvr_nbs.visual_rft import PAPER_SETTINGS, visual_rft_profile, SMOKE_RECIPE
+    from hvr_nbs.runs import settings_table, check_settings
+    p = visual_rft_profile("paper")
+    assert (p.model.vlm, p.train.beta, p.train.epsilon_high, p.train.temperature) == ("Qwen/Qwen2-VL-2B-Instruct", 0.04, 0.2, 0.9)
+    trainer = {"grpo": dict(num_train_epochs=2, max_steps=-1), "sft": dict(num_train_epochs=2, max_steps=-1), "det": dict(num_generations=4)}
+    check_settings(settings_table(PAPER_SETTINGS, {"paper run": (p, trainer)}))
+    s = visual_rft_profile("smoke")
+    assert s.train.learning_rate == SMOKE_RECIPE["train__learning_rate"] and s.train.per_device_batch % s.train.num_generations == 0
+
+
+def test_command_line_trains_and_writes_tables(tmp_path):
+    "`python -m hvr_nbs.visual_rft` (what `accelerate launch -m` runs) trains SFT and RFT, evaluates and writes the learning check on CPU."
+    import os, subprocess, sys
+    import pandas as pd
+    env = dict(os.environ, IN_TEST="1", OMP_NUM_THREADS="1", HVR_CACHE=os.environ.get("HVR_CACHE") or str(tmp_path/"cache"))
+    out = tmp_path/"run"
+    help_ = subprocess.run([sys.executable, "-m", "hvr_nbs.visual_rft", "--help"], env=env, capture_output=True, text=True, timeout=300)
+    assert help_.returncode == 0 and "--shots" in help_.stdout, help_.stderr[-2000:]
+    cmd = [sys.executable, "-m", "hvr_nbs.visual_rft", "--profile", "smoke", "--shots", "1", "--steps", "1", "--out", str(out)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = pd.read_csv(out/"results_SynthTaxa.csv")
+    assert set(res["method"]) == {"base", "sft", "rft"} and len(res) == 3
+    assert {"greedy accuracy", "sampled accuracy"} <= set(res.columns)
+    lc = pd.read_csv(out/"visual_rft_learning_check_SynthTaxa.csv")
+    assert list(lc.columns) == ["method", "metric", "n_seeds", "start_value", "trained_mean", "trained_std", "seed_deltas", "learns"]
+    assert set(lc["method"]) == {"sft", "rft"} and (out/"manifest.json").exists()
+    for d in ("SynthTaxa-classification-base", "SynthTaxa-classification-rft-k1-s0"):
+        assert (out/"runs"/d/"manifest.json").exists() and (out/"runs"/d/"completions.csv").exists(), d
+    assert (out/"runs"/"SynthTaxa-classification-rft-k1-s0"/"train_log.csv").exists()

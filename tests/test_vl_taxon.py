@@ -7,10 +7,11 @@ from hypothesis import given, settings, strategies as st
 
 from hvr_nbs.core import get_profile
 from hvr_nbs.rewards import parse_tag, vl_taxon_format_reward, vl_taxon_stage1_reward, vl_taxon_stage2_reward
-from hvr_nbs.vl_taxon import (RANKS, METHODS, stage1_prompt, stage1_target, stage2_prompt, stage2_target, paper_table,
-                              vl_taxon_accuracy_reward, hierarchy_scores, results_table, vl_taxon_images,
-                              vl_taxon_questions, stage1_rows, stage2_rows, sibling_share, paper_overrides,
-                              vl_taxon_settings, _sft_rows, _grpo_rows)
+from hvr_nbs.vl_taxon import (RANKS, METHODS, PAPER_SETTINGS, SMOKE_RECIPE, stage1_prompt, stage1_target, stage2_prompt,
+                              stage2_target, paper_table, vl_taxon_accuracy_reward, hierarchy_scores, results_table,
+                              vl_taxon_images, vl_taxon_questions, stage1_rows, stage2_rows, vl_taxon_profile,
+                              vl_taxon_learning_check, _sibling_share, _sft_rows, _grpo_rows, _trainer_kw, _letter_reward,
+                              _START)
 
 name = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=10)
 paths = st.tuples(name, name, name, name).map(lambda p: (p[0].capitalize() + "iformes", p[1].capitalize() + "idae",
@@ -107,17 +108,63 @@ def test_questions_and_rows(small):
     assert all(a in "ABCD" for a in s2["answer"])
     g = _grpo_rows(imgs, Q)  # stage-1 and stage-2 rows concatenate (one Arrow schema)
     assert len(g) == len(imgs["grpo"]) + len(Q["grpo"]) and set(g["stage"]) == {1, 2}
-    s = _sft_rows(imgs, Q, "sft"); d = _sft_rows(imgs, Q, None, direct=True)
-    assert len(s) == len(imgs["sft"]) + len(Q["sft"]) and len(d) == len(Q["sft"]) + len(Q["grpo"])
-    assert set(sibling_share(Q["test"], imgs["taxonomy"]).index) == set(RANKS[1:])
+    s = _sft_rows(imgs, Q, "sft"); d = _sft_rows(imgs, Q, "sft", direct=True)
+    assert len(s) == len(imgs["sft"]) + len(Q["sft"]) and len(d) == len(Q["sft"])
+    g2 = _grpo_rows(imgs, Q, "grpo", direct=True)
+    assert len(g2) == len(Q["grpo"]) and set(g2["stage"]) == {2}
+    assert set(_sibling_share(Q["test"], imgs["taxonomy"]).index) == set(RANKS[1:])
 
 def test_paper_settings():
-    po = paper_overrides(get_profile("paper"))
-    assert po["grpo"]["num_generations"] == 8 and po["grpo"]["beta"] == 0.4 and po["lora_r"] == po["lora_alpha"] == 64
-    assert po["sft"]["per_device_train_batch_size"] * po["sft"]["gradient_accumulation_steps"] == 128
-    assert paper_overrides(get_profile("smoke")) == {}
-    assert vl_taxon_settings(get_profile("smoke"))["LoRA (r / alpha)"] == "no (full)"
-    assert METHODS[-1] == "vl-taxon" and METHODS.index("vl-taxon-sft") < METHODS.index("vl-taxon")
+    "The `paper` run takes VL-Taxon's own settings (none of TaxonRL's), and the settings table agrees with them."
+    from hvr_nbs.runs import settings_table, check_settings
+    pp = vl_taxon_profile("paper")
+    assert (pp.model.lora, pp.model.lora_r, pp.model.lora_alpha) == (True, 64, 64)
+    assert pp.train.num_generations == 8 and pp.train.beta == 0.4 and pp.train.epsilon_high == 0.2
+    assert pp.model.vlm == "Qwen/Qwen2.5-VL-7B-Instruct" and pp.model.similarity == "siglip"
+    sft, grpo = _trainer_kw(pp, "sft"), _trainer_kw(pp, "grpo")
+    assert sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"] == 128
+    assert pp.train.per_device_batch * grpo["gradient_accumulation_steps"] == 128 * pp.train.num_generations
+    assert sft["num_train_epochs"] == grpo["num_train_epochs"] == 1
+    t = check_settings(settings_table(PAPER_SETTINGS, {"paper run": (pp, {"sft": sft, "grpo": grpo})}))
+    assert t.loc["LoRA rank r", "paper run"] == 64
+    with pytest.raises(AssertionError, match="disagrees"):
+        check_settings(settings_table(PAPER_SETTINGS, {"paper run": (get_profile("paper"), {})}))
+    sm = vl_taxon_profile("smoke")
+    assert not sm.model.lora and sm.train.sft_steps == SMOKE_RECIPE["train__sft_steps"] and len(sm.train.seeds) == 3
+    assert _trainer_kw(get_profile("gpu-small"), "grpo") == {}
+    assert METHODS.index("vl-taxon-sft") < METHODS.index("vl-taxon") and METHODS.index("sft-direct") < METHODS.index("grpo-direct")
+    assert set(_START) == {"vl-taxon", "grpo-direct"}
+
+def test_letter_reward_is_strict():
+    assert _letter_reward(["B", "The answer is B", "A or B", "", "b"], ["B"] * 5)[:4] == [1.0, 1.0, 0.0, 0.0]
+
+def test_learning_check_pairs_each_rl_method_with_its_start():
+    from pathlib import Path
+    from hvr_nbs.runs import RunResult
+    rr = lambda m, s, v: RunResult(m, s, pd.DataFrame(), {"sampled accuracy": v, "HCA": v}, pd.DataFrame(), Path("."))
+    runs = [rr("vl-taxon-sft", 0, 0.2), rr("sft-direct", 0, 0.5)] + [rr("vl-taxon", s, 0.3) for s in range(3)] + \
+           [rr("grpo-direct", s, 0.5) for s in range(3)]
+    lc = vl_taxon_learning_check(runs, metrics=("sampled accuracy", "HCA")).set_index(["method", "metric"])
+    assert lc.loc[("vl-taxon", "(a) sampled accuracy"), "start_value"] == 20.0 and lc.loc[("vl-taxon", "(a) sampled accuracy"), "learns"]
+    assert lc.loc[("grpo-direct", "(b) HCA (greedy)"), "seed_deltas"] == "+0.0;+0.0;+0.0"
+    assert not lc.loc[("grpo-direct", "(b) HCA (greedy)"), "learns"]
+
+def test_command_line_trains_and_writes_tables(tmp_path):
+    "`python -m hvr_nbs.vl_taxon` (what `accelerate launch -m` runs) trains an SFT start and its GRPO, and writes its tables on CPU."
+    import os, subprocess, sys
+    env = dict(os.environ, IN_TEST="1", OMP_NUM_THREADS="1", HVR_CACHE=os.environ.get("HVR_CACHE") or str(tmp_path/"cache"))
+    out = tmp_path/"run"
+    cmd = [sys.executable, "-m", "hvr_nbs.vl_taxon", "--profile", "smoke", "--methods", "zero-shot,vl-taxon", "--steps", "1",
+           "--n-eval", "2", "--out", str(out), "--set", "train__sft_steps=2"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    pred = pd.read_csv(out/"predictions.csv")
+    assert set(pred["method"]) == {"zero-shot", "vl-taxon-sft", "vl-taxon"}
+    assert (pred.groupby("method").size() == 2 * len(RANKS)).all()
+    for f in ("metrics.csv", "table3.csv", "learning_check.csv", "manifest.json"): assert (out/f).exists(), f
+    lc = pd.read_csv(out/"learning_check.csv")
+    assert set(lc["method"]) == {"vl-taxon"} and lc["metric"].str.startswith("(a)").any()
+    assert (out/"vl-taxon-s0"/"train_log.csv").exists() and (out/"vl-taxon-s0"/"completions.csv").exists()
 
 @pytest.mark.parametrize("name", ["inat21", "cub"])
 def test_paper_profile_reads_the_official_layouts(name, tmp_path):
@@ -134,3 +181,15 @@ def test_paper_profile_reads_the_official_layouts(name, tmp_path):
     q = vl_taxon_questions(d["test"], d["taxonomy"], None, domain=d["domain"])
     assert set(q["rank"]) <= set(d["ranks"]) and all(a in "ABCD" for a in q["answer"])
     assert len(stage1_rows(d["sft"], d["ranks"], d["domain"])) == len(d["sft"])
+
+def test_lora_sft_then_grpo_handoff(small, tmp_path):
+    "With LoRA (the paper's r = alpha = 64) the SFT start is saved merged, and GRPO trains on it end to end."
+    from hvr_nbs.core import TEST_OVERRIDES
+    from hvr_nbs.vl_taxon import run_method
+    imgs, Q = small
+    prof = get_profile("smoke", **TEST_OVERRIDES, model__lora=True, model__lora_r=64, model__lora_alpha=64)
+    sft = run_method("vl-taxon-sft", imgs, Q, prof, "tiny-qwen2.5-vl", n_eval=1, sampled=False, out_dir=tmp_path/"sft",
+                     keep_model=True)
+    assert (sft.model_dir/"config.json").exists() and not (sft.model_dir/"adapter_config.json").exists()  # adapter merged
+    rl = run_method("vl-taxon", imgs, Q, prof, sft.model_dir, n_eval=1, out_dir=tmp_path/"rl")
+    assert len(rl.log) and (rl.log["phase"] == "grpo").all() and "sampled stage-1 leaf accuracy" in rl.metrics
