@@ -12,15 +12,15 @@ from .core import get_profile, in_test, set_seed, run_dir, write_manifest, log_r
 from .runs import PaperSetting, paper_profile, trainer_settings, train_and_evaluate, paper_cli, cli_profile
 
 # %% auto #0
-__all__ = ['PAPER_SETTINGS', 'SMOKE_SETTINGS', 'LEVELS', 'STRATUM_COLUMNS', 'EXPERIMENTS', 'BALANCED_STRATA', 'TABLE1_COLUMNS',
-           'ID_ATTRIBUTES', 'ACCELERATE_KINDS', 'CHIMP_ATTRIBUTES', 'taxonrl_prompt', 'pair_messages',
-           'reference_completion', 'paper_table', 'pack_ground_truth', 'to_taxonrl', 'method_spec', 'paper_pairs',
-           'taxonrl_pairs', 'show_pairs', 'uninformative_p', 'schema_target', 'binary_schema_target', 'taxonrl_base',
-           'verification_hit', 'grpo_overrides', 'balanced_subset', 'taxonrl_evaluation', 'run_method',
-           'accuracy_per_run', 'accuracy_table', 'intermediate_table', 'length_table', 'binary_vs_concrete',
-           'training_curves', 'plot_training_curves', 'trace_table', 'identity_pairs', 'identity_prompt',
-           'attribute_reward', 'identity_target', 'identity_spec', 'accelerate_config', 'write_accelerate_configs',
-           'run_experiment', 'parse_args', 'main', 'identity_data']
+__all__ = ['PAPER_SETTINGS', 'SMOKE_SETTINGS', 'LEVELS', 'EXPERIMENTS', 'BALANCED_STRATA', 'STRATUM_COLUMNS', 'TABLE1_COLUMNS',
+           'ID_ATTRIBUTES', 'CHIMP_ATTRIBUTES', 'ACCELERATE_KINDS', 'taxonrl_prompt', 'pair_messages',
+           'reference_completion', 'pack_ground_truth', 'to_taxonrl', 'method_spec', 'paper_pairs', 'taxonrl_pairs',
+           'show_pairs', 'uninformative_p', 'schema_target', 'binary_schema_target', 'taxonrl_base', 'verification_hit',
+           'grpo_overrides', 'balanced_subset', 'taxonrl_evaluation', 'run_method', 'accuracy_per_run',
+           'accuracy_table', 'intermediate_table', 'length_table', 'binary_vs_concrete', 'training_curves',
+           'plot_training_curves', 'trace_table', 'run_experiment', 'paper_table', 'identity_pairs', 'identity_prompt',
+           'attribute_reward', 'identity_target', 'identity_spec', 'identity_data', 'accelerate_config',
+           'write_accelerate_configs', 'parse_args', 'main']
 
 # %% ../nbs/10_taxonrl.ipynb #49f90612
 PAPER_SETTINGS = [
@@ -98,53 +98,6 @@ def reference_completion(path1: dict,  # rank -> name for image 1 (must cover `l
         if not same and not binary: break  # concrete: stop below the first split; binary: every rank is asked
     p = (1.0 if same_species else 0.0) if p is None else float(p)
     return f"<think>{' '.join(parts)}</think><answer>{p:.4f}</answer>"
-
-# %% ../nbs/10_taxonrl.ipynb #f519d312
-STRATUM_COLUMNS = {"visual": "Visual", "same_species": "Same Species", "same_genus": "Same Genus",
-                   "same_family": "Same Family", "same_order": "Same Order", "same_class": "Same Class",
-                   "different": "Same Class"}  # a 4-rank synthetic world has one class: 'different' = same class only
-
-# %% ../nbs/10_taxonrl.ipynb #8a585332
-def paper_table(n: int):  # 1, 2, 3, 4 or 5
-    "The TaxonRL paper's Table `n` as a DataFrame (accuracies in %, lengths in tokens), typed in from the paper."
-    nan = float("nan")
-    if n == 1:
-        cols = ["Visual", "Same Species", "Same Genus", "Same Family", "Same Order", "Same Class", "Average"]
-        rows = {("Bird", "Neural Naturalist"): [55.0, 45.0, 67.5, 70.0, 72.5, 77.5, 64.6],
-                ("Bird", "DinoV2 Giant"): [52.7, 69.3, 59.1, 70.3, 85.9, 100.0, 76.9],
-                ("Bird", "Human"): [52.5, 40.2, 88.7, 98.4, 98.0, 100.0, 77.3],
-                ("Bird", "Qwen2.5-VL-7B"): [51.4, 86.8, 41.5, 70.9, 90.7, 93.8, 70.9],
-                ("Bird", "SFT"): [52.9, 85.7, 43.8, 75.5, 92.2, 95.5, 72.8],
-                ("Bird", "GRPO"): [72.1, 83.7, 89.6, 100.0, 100.0, 100.0, 89.8],
-                ("Bird", "TaxonRL"): [79.4, 83.7, 91.7, 100.0, 100.0, 100.0, 91.7],
-                ("Fungi", "DinoV2 Giant"): [nan, 59.9, 60.4, nan, 72.8, 78.5, 67.9],
-                ("Fungi", "Qwen2.5-VL-7B"): [nan, 70.2, 61.1, nan, 84.0, 85.9, 74.4],
-                ("Fungi", "GRPO"): [nan, 77.4, 60.1, nan, 96.5, 96.1, 81.8],
-                ("Fungi", "TaxonRL"): [nan, 91.2, 59.3, nan, 94.7, 95.5, 88.2]}
-        return pd.DataFrame(rows.values(), index=pd.MultiIndex.from_tuples(rows, names=["dataset", "method"]), columns=cols)
-    if n == 2:
-        rows = {"Same Class": [100, 100, 100, 100], "Same Order": [99.2, 99.2, 99.2, 98.4],
-                "Same Family": [98.2, 85.1, 99.1, 98.2], "Same Genus": [94.6, 79.5, 71.4, 76.8],
-                "Same Species": [97.8, 88.7, 74.2, 88.2], "Average": [97.9, 90.1, 86.9, 91.7]}
-        return pd.DataFrame(rows.values(), index=pd.Index(rows, name="taxonomic distance"),
-                            columns=["Order", "Family", "Genus", "Answer"]).astype(float)
-    if n == 3:
-        rows = {"Qwen2.5-VL": [72, 126.53, 247], "SFT": [137, 351.26, 543],
-                "GRPO w/o Intermediate Rewards": [73, 120.59, 260], "TaxonRL": [121, 319.24, 537]}
-        return pd.DataFrame(rows.values(), index=pd.Index(rows, name="method"), columns=["Min", "Mean", "Max"]).astype(float)
-    if n == 4:
-        rows = {("Gorilla", "Qwen2.5-VL-7B"): 50.2, ("Gorilla", "DinoV2 Giant"): 57.6, ("Gorilla", "GRPO"): 71.2,
-                ("Gorilla", "TaxonRL"): 78.2, ("ChimpFace", "Qwen2.5-VL-7B"): 50.3, ("ChimpFace", "DinoV2 Giant"): 58.1,
-                ("ChimpFace", "GRPO"): 78.6, ("ChimpFace", "TaxonRL"): 87.4, ("SeaStar", "Qwen2.5-VL-7B"): 65.7,
-                ("SeaStar", "DinoV2 Giant"): 65.4, ("SeaStar", "GRPO"): 93.9, ("SeaStar", "TaxonRL"): 95.6}
-        return pd.DataFrame({"Accuracy (open-set)": list(rows.values())},
-                            index=pd.MultiIndex.from_tuples(rows, names=["dataset", "method"]))
-    if n == 5:
-        cols = ["Visual", "Species", "Genus", "Family", "Order", "Avg."]
-        rows = {"Binary": [77.9, 83.7, 89.6, 100.0, 100.0, 91.1], "Concrete": [79.4, 83.7, 91.7, 100.0, 100.0, 91.7],
-                "Delta": [1.5, 0.0, 2.1, 0.0, 0.0, 0.6]}
-        return pd.DataFrame(rows.values(), index=pd.Index(rows, name="reward type"), columns=cols)
-    raise ValueError(f"The TaxonRL paper has Tables 1-5; got {n!r}")
 
 # %% ../nbs/10_taxonrl.ipynb #b956037a
 def _blank(x): return "" if x is None or (isinstance(x, float) and math.isnan(x)) else str(x)
@@ -394,6 +347,11 @@ def run_method(method: str,  # a method of `EXPERIMENTS`, e.g. 'taxonrl'
                               grpo=grpo, out_dir=out_dir, experiment="taxonrl", binary=spec["binary"],
                               n_train=len(data["train"]), n_test=len(test))
 
+# %% ../nbs/10_taxonrl.ipynb #f519d312
+STRATUM_COLUMNS = {"visual": "Visual", "same_species": "Same Species", "same_genus": "Same Genus",
+                   "same_family": "Same Family", "same_order": "Same Order", "same_class": "Same Class",
+                   "different": "Same Class"}  # a 4-rank synthetic world has one class: 'different' = same class only
+
 # %% ../nbs/10_taxonrl.ipynb #e248fd73
 TABLE1_COLUMNS = ["Visual", "Same Species", "Same Genus", "Same Family", "Same Order", "Same Class", "Average"]
 
@@ -496,6 +454,65 @@ def trace_table(results: pd.DataFrame,  # per-pair results of several methods (s
     wide = r.pivot_table(index=["idx", "stratum", "label"], columns="method", values="completion", aggfunc="first")
     return wide[[m for m in methods if m in wide]].dropna().head(n).reset_index()
 
+# %% ../nbs/10_taxonrl.ipynb #494eafff
+def run_experiment(prof,  # a `Profile`
+                   methods,  # method names (`EXPERIMENTS`)
+                   seeds=(0,),  # one run per method and seed
+                   data=None,  # pairs (`taxonrl_pairs`); default built from the profile with the first seed
+                   base_dir=None,  # base checkpoint; default `taxonrl_base(prof)`
+                   steps: int | None = None, n_eval: int | None = None,
+                   out_dir=None):  # folder for all runs; default fresh run folders
+    "Run every method for every seed: (per-pair results, training logs, the `RunResult`s)."
+    data = data if data is not None else taxonrl_pairs(prof, seed=seeds[0])
+    base_dir = base_dir or taxonrl_base(prof, data)
+    runs = [run_method(m, data, base_dir, prof, seed=s, steps=steps, n_eval=n_eval,
+                       out_dir=Path(out_dir)/f"{m}-s{s}" if out_dir else None) for s in seeds for m in methods]
+    res = pd.concat([r.results for r in runs], ignore_index=True)
+    logs = [r.log.assign(method=r.method, seed=r.seed) for r in runs if len(r.log)]
+    return res, (pd.concat(logs, ignore_index=True) if logs else pd.DataFrame()), runs
+
+# %% ../nbs/10_taxonrl.ipynb #8a585332
+def paper_table(n: int):  # 1, 2, 3, 4 or 5
+    "The TaxonRL paper's Table `n` as a DataFrame (accuracies in %, lengths in tokens), typed in from the paper."
+    nan = float("nan")
+    if n == 1:
+        cols = ["Visual", "Same Species", "Same Genus", "Same Family", "Same Order", "Same Class", "Average"]
+        rows = {("Bird", "Neural Naturalist"): [55.0, 45.0, 67.5, 70.0, 72.5, 77.5, 64.6],
+                ("Bird", "DinoV2 Giant"): [52.7, 69.3, 59.1, 70.3, 85.9, 100.0, 76.9],
+                ("Bird", "Human"): [52.5, 40.2, 88.7, 98.4, 98.0, 100.0, 77.3],
+                ("Bird", "Qwen2.5-VL-7B"): [51.4, 86.8, 41.5, 70.9, 90.7, 93.8, 70.9],
+                ("Bird", "SFT"): [52.9, 85.7, 43.8, 75.5, 92.2, 95.5, 72.8],
+                ("Bird", "GRPO"): [72.1, 83.7, 89.6, 100.0, 100.0, 100.0, 89.8],
+                ("Bird", "TaxonRL"): [79.4, 83.7, 91.7, 100.0, 100.0, 100.0, 91.7],
+                ("Fungi", "DinoV2 Giant"): [nan, 59.9, 60.4, nan, 72.8, 78.5, 67.9],
+                ("Fungi", "Qwen2.5-VL-7B"): [nan, 70.2, 61.1, nan, 84.0, 85.9, 74.4],
+                ("Fungi", "GRPO"): [nan, 77.4, 60.1, nan, 96.5, 96.1, 81.8],
+                ("Fungi", "TaxonRL"): [nan, 91.2, 59.3, nan, 94.7, 95.5, 88.2]}
+        return pd.DataFrame(rows.values(), index=pd.MultiIndex.from_tuples(rows, names=["dataset", "method"]), columns=cols)
+    if n == 2:
+        rows = {"Same Class": [100, 100, 100, 100], "Same Order": [99.2, 99.2, 99.2, 98.4],
+                "Same Family": [98.2, 85.1, 99.1, 98.2], "Same Genus": [94.6, 79.5, 71.4, 76.8],
+                "Same Species": [97.8, 88.7, 74.2, 88.2], "Average": [97.9, 90.1, 86.9, 91.7]}
+        return pd.DataFrame(rows.values(), index=pd.Index(rows, name="taxonomic distance"),
+                            columns=["Order", "Family", "Genus", "Answer"]).astype(float)
+    if n == 3:
+        rows = {"Qwen2.5-VL": [72, 126.53, 247], "SFT": [137, 351.26, 543],
+                "GRPO w/o Intermediate Rewards": [73, 120.59, 260], "TaxonRL": [121, 319.24, 537]}
+        return pd.DataFrame(rows.values(), index=pd.Index(rows, name="method"), columns=["Min", "Mean", "Max"]).astype(float)
+    if n == 4:
+        rows = {("Gorilla", "Qwen2.5-VL-7B"): 50.2, ("Gorilla", "DinoV2 Giant"): 57.6, ("Gorilla", "GRPO"): 71.2,
+                ("Gorilla", "TaxonRL"): 78.2, ("ChimpFace", "Qwen2.5-VL-7B"): 50.3, ("ChimpFace", "DinoV2 Giant"): 58.1,
+                ("ChimpFace", "GRPO"): 78.6, ("ChimpFace", "TaxonRL"): 87.4, ("SeaStar", "Qwen2.5-VL-7B"): 65.7,
+                ("SeaStar", "DinoV2 Giant"): 65.4, ("SeaStar", "GRPO"): 93.9, ("SeaStar", "TaxonRL"): 95.6}
+        return pd.DataFrame({"Accuracy (open-set)": list(rows.values())},
+                            index=pd.MultiIndex.from_tuples(rows, names=["dataset", "method"]))
+    if n == 5:
+        cols = ["Visual", "Species", "Genus", "Family", "Order", "Avg."]
+        rows = {"Binary": [77.9, 83.7, 89.6, 100.0, 100.0, 91.1], "Concrete": [79.4, 83.7, 91.7, 100.0, 100.0, 91.7],
+                "Delta": [1.5, 0.0, 2.1, 0.0, 0.0, 0.6]}
+        return pd.DataFrame(rows.values(), index=pd.Index(rows, name="reward type"), columns=cols)
+    raise ValueError(f"The TaxonRL paper has Tables 1-5; got {n!r}")
+
 # %% ../nbs/10_taxonrl.ipynb #bdb7c1e3
 ID_ATTRIBUTES = ("age", "sex")  # the individual's traits SynthTaxa draws (the paper: age-sex class, age group)
 
@@ -584,6 +601,23 @@ def identity_spec(name: str,  # 'zero-shot', 'grpo' or 'taxonrl'
     train, funcs, w = specs[name]
     return dict(name=name, train=train, binary=False, reward_funcs=funcs, reward_weights=w, prepare=prepare)
 
+# %% ../nbs/10_taxonrl.ipynb #f6696398
+CHIMP_ATTRIBUTES = ("age_group", "sex")  # ChimpFace's metadata used as intermediate targets (the paper: age groups)
+
+def identity_data(prof,  # a `Profile`
+                  seed: int = 0,  # rendering and sampling seed
+                  n_pairs: int | None = None):  # pairs per split at most
+    "Open-set identity-verification pairs for a profile: SynthTaxa individuals, or (paper) the ChimpFace layout."
+    n_pairs = n_pairs or max(16, prof.eval.n_eval)
+    if prof.name == "paper" or prof.data_root:
+        from hvr_nbs.loaders import load_chimpface
+        ds = load_chimpface(Path(prof.data_root or ".")/"chimpface").dataset
+        if "species" not in ds.column_names: ds = ds.add_column("species", ["Pan troglodytes"] * len(ds))
+        return identity_pairs(ds, attributes=CHIMP_ATTRIBUTES, n_pairs=n_pairs, seed=seed)
+    from hvr_nbs.synthetic import make_world
+    world = make_world(prof)
+    return identity_pairs(world.dataset(max(4, prof.world.images_per_species // 2), seed=seed + 1000), n_pairs=n_pairs, seed=seed)
+
 # %% ../nbs/10_taxonrl.ipynb #24b4efbb
 ACCELERATE_KINDS = ("single_gpu", "ddp", "zero3", "fsdp")
 
@@ -623,23 +657,6 @@ def write_accelerate_configs(out_dir,  # folder to write `<kind>.yaml` files int
         paths[kind].write_text(yaml.safe_dump(accelerate_config(kind, num_processes, mixed_precision), sort_keys=True))
     return paths
 
-# %% ../nbs/10_taxonrl.ipynb #494eafff
-def run_experiment(prof,  # a `Profile`
-                   methods,  # method names (`EXPERIMENTS`)
-                   seeds=(0,),  # one run per method and seed
-                   data=None,  # pairs (`taxonrl_pairs`); default built from the profile with the first seed
-                   base_dir=None,  # base checkpoint; default `taxonrl_base(prof)`
-                   steps: int | None = None, n_eval: int | None = None,
-                   out_dir=None):  # folder for all runs; default fresh run folders
-    "Run every method for every seed: (per-pair results, training logs, the `RunResult`s)."
-    data = data if data is not None else taxonrl_pairs(prof, seed=seeds[0])
-    base_dir = base_dir or taxonrl_base(prof, data)
-    runs = [run_method(m, data, base_dir, prof, seed=s, steps=steps, n_eval=n_eval,
-                       out_dir=Path(out_dir)/f"{m}-s{s}" if out_dir else None) for s in seeds for m in methods]
-    res = pd.concat([r.results for r in runs], ignore_index=True)
-    logs = [r.log.assign(method=r.method, seed=r.seed) for r in runs if len(r.log)]
-    return res, (pd.concat(logs, ignore_index=True) if logs else pd.DataFrame()), runs
-
 # %% ../nbs/10_taxonrl.ipynb #bb3ea2e8
 def parse_args(argv=None):  # command-line words (default: sys.argv[1:])
     "The command line of `python -m hvr_nbs.taxonrl` (also under `accelerate launch -m`)."
@@ -676,23 +693,6 @@ def main(argv=None):  # command-line words (default: sys.argv[1:])
         write_manifest(out, prof, experiment="taxonrl-cli", methods=methods, seeds=list(seeds))
         print(accuracy_table(res).round(1).to_string())
     return out
-
-# %% ../nbs/10_taxonrl.ipynb #f6696398
-CHIMP_ATTRIBUTES = ("age_group", "sex")  # ChimpFace's metadata used as intermediate targets (the paper: age groups)
-
-def identity_data(prof,  # a `Profile`
-                  seed: int = 0,  # rendering and sampling seed
-                  n_pairs: int | None = None):  # pairs per split at most
-    "Open-set identity-verification pairs for a profile: SynthTaxa individuals, or (paper) the ChimpFace layout."
-    n_pairs = n_pairs or max(16, prof.eval.n_eval)
-    if prof.name == "paper" or prof.data_root:
-        from hvr_nbs.loaders import load_chimpface
-        ds = load_chimpface(Path(prof.data_root or ".")/"chimpface").dataset
-        if "species" not in ds.column_names: ds = ds.add_column("species", ["Pan troglodytes"] * len(ds))
-        return identity_pairs(ds, attributes=CHIMP_ATTRIBUTES, n_pairs=n_pairs, seed=seed)
-    from hvr_nbs.synthetic import make_world
-    world = make_world(prof)
-    return identity_pairs(world.dataset(max(4, prof.world.images_per_species // 2), seed=seed + 1000), n_pairs=n_pairs, seed=seed)
 
 # %% ../nbs/10_taxonrl.ipynb #8f3f6bfa
 if __name__ == "__main__" and "__file__" in globals(): main()  # `python -m hvr_nbs.taxonrl ...`; skipped inside notebooks
