@@ -12,15 +12,13 @@ from .core import get_profile, in_test, set_seed, run_dir, write_manifest, log_r
 from .runs import PaperSetting, paper_profile, trainer_settings, train_and_evaluate, paper_cli, cli_profile
 
 # %% auto #0
-__all__ = ['PAPER_SETTINGS', 'SMOKE_SETTINGS', 'LEVELS', 'EXPERIMENTS', 'BALANCED_STRATA', 'STRATUM_COLUMNS', 'TABLE1_COLUMNS',
-           'ID_ATTRIBUTES', 'CHIMP_ATTRIBUTES', 'ACCELERATE_KINDS', 'taxonrl_prompt', 'pair_messages',
-           'reference_completion', 'pack_ground_truth', 'to_taxonrl', 'method_spec', 'paper_pairs', 'taxonrl_pairs',
-           'show_pairs', 'uninformative_p', 'schema_target', 'binary_schema_target', 'taxonrl_base', 'verification_hit',
-           'grpo_overrides', 'balanced_subset', 'taxonrl_evaluation', 'run_method', 'accuracy_per_run',
-           'accuracy_table', 'intermediate_table', 'length_table', 'binary_vs_concrete', 'training_curves',
-           'plot_training_curves', 'trace_table', 'run_experiment', 'paper_table', 'identity_pairs', 'identity_prompt',
-           'attribute_reward', 'identity_target', 'identity_spec', 'identity_data', 'accelerate_config',
-           'write_accelerate_configs', 'parse_args', 'main']
+__all__ = ['PAPER_SETTINGS', 'SMOKE_SETTINGS', 'LEVELS', 'EXPERIMENTS', 'BALANCED_STRATA', 'ID_ATTRIBUTES', 'CHIMP_ATTRIBUTES',
+           'ACCELERATE_KINDS', 'taxonrl_prompt', 'reference_completion', 'pack_ground_truth', 'to_taxonrl',
+           'method_spec', 'paper_pairs', 'taxonrl_pairs', 'show_pairs', 'schema_target', 'binary_schema_target',
+           'taxonrl_base', 'verification_hit', 'grpo_overrides', 'taxonrl_evaluation', 'run_method', 'accuracy_per_run',
+           'accuracy_table', 'intermediate_table', 'length_table', 'binary_vs_concrete', 'trace_table',
+           'run_experiment', 'paper_table', 'identity_pairs', 'identity_prompt', 'attribute_reward', 'identity_target',
+           'identity_spec', 'identity_data', 'accelerate_config', 'write_accelerate_configs', 'parse_args', 'main']
 
 # %% ../nbs/10_taxonrl.ipynb #49f90612
 PAPER_SETTINGS = [
@@ -73,7 +71,7 @@ def taxonrl_prompt(levels=LEVELS,  # intermediate ranks, root first
             "inside <answer></answer>, e.g. <answer>0.8500</answer>.")
 
 # %% ../nbs/10_taxonrl.ipynb #f08df127
-def pair_messages(text: str):  # the instruction, e.g. `taxonrl_prompt()`
+def _pair_messages(text: str):  # the instruction, e.g. `taxonrl_prompt()`
     "A one-turn conversational prompt holding two image placeholders and `text`."
     from hvr_nbs.data import user_prompt
     return user_prompt(text, n_images=2)
@@ -119,7 +117,7 @@ def to_taxonrl(pairs,  # `datasets.Dataset` of pairs: images (2), label, stratum
     need = ["images", "label"] + [f"{l}{i}" for i in (1, 2) for l in levels]
     missing = [c for c in need if c not in pairs.column_names]
     if missing: raise KeyError(f"to_taxonrl: the pair data set lacks columns {missing}; build it with hvr_nbs.data's pair builders")
-    messages = pair_messages(taxonrl_prompt(levels, binary, subject))
+    messages = _pair_messages(taxonrl_prompt(levels, binary, subject))
     return pairs.map(lambda r: {"prompt": messages, "ground_truth": pack_ground_truth(r, levels)})
 
 # %% ../nbs/10_taxonrl.ipynb #112eed10
@@ -209,7 +207,7 @@ def show_pairs(pairs,  # a pair data set with 'images', 'stratum' and 'label'
     return fig
 
 # %% ../nbs/10_taxonrl.ipynb #bf2df4a0
-def uninformative_p(row: dict,  # a pair row
+def _uninformative_p(row: dict,  # a pair row
                     keys):  # the columns whose values seed the draw (names, not the label)
     "A probability in [0, 1] from a stable hash of the row's `keys`: varied, reproducible and independent of the label."
     import zlib
@@ -219,14 +217,14 @@ def uninformative_p(row: dict,  # a pair row
 def schema_target(row: dict,  # a pair row with order1..genus2
                   levels=LEVELS):  # ranks, root first
     "The warm-up target: every rank's tag with both true names (no early stop) and an uninformative 4-decimal answer."
-    p = uninformative_p(row, [f"{l}{i}" for l in levels for i in (1, 2)] + ["image_id1", "image_id2"])
+    p = _uninformative_p(row, [f"{l}{i}" for l in levels for i in (1, 2)] + ["image_id1", "image_id2"])
     return "<think>" + "".join(f"<{l}>{row[f'{l}1']}; {row[f'{l}2']}</{l}>" for l in levels) + f"</think><answer>{p:.4f}</answer>"
 
 # %% ../nbs/10_taxonrl.ipynb #c03797a7
 def binary_schema_target(row: dict,  # a pair row with order1..genus2
                          levels=LEVELS):  # ranks, root first
     "The binary variant's warm-up target: same/different in every rank's tag and an uninformative 4-decimal answer."
-    p = uninformative_p(row, [f"{l}{i}" for l in levels for i in (1, 2)] + ["image_id1", "image_id2"])
+    p = _uninformative_p(row, [f"{l}{i}" for l in levels for i in (1, 2)] + ["image_id1", "image_id2"])
     same = lambda l: str(row[f"{l}1"]).strip().lower() == str(row[f"{l}2"]).strip().lower()
     return "<think>" + "".join(f"<{l}>{'same; same' if same(l) else 'different; different'}</{l}>" for l in levels) + f"</think><answer>{p:.4f}</answer>"
 
@@ -287,7 +285,7 @@ def grpo_overrides(prof):  # a `Profile`
     return over
 
 # %% ../nbs/10_taxonrl.ipynb #2487f10d
-def balanced_subset(ds,  # a pair data set with a 'stratum' column
+def _balanced_subset(ds,  # a pair data set with a 'stratum' column
                     n: int):  # rows to keep
     "The first `n` rows taken round-robin over strata (so a small evaluation still covers every stratum)."
     if n >= len(ds): return ds
@@ -337,7 +335,7 @@ def run_method(method: str,  # a method of `EXPERIMENTS`, e.g. 'taxonrl'
     spec = spec or method_spec(method)
     prep = spec.get("prepare") or (lambda d: to_taxonrl(d, binary=spec["binary"]))
     test = prep(data["test"])
-    if n_eval: test = balanced_subset(test, int(n_eval))
+    if n_eval: test = _balanced_subset(test, int(n_eval))
     grpo = None
     if spec["train"]:
         grpo = dict(grpo_overrides(prof), dataset=prep(data["train"]), reward_funcs=list(spec["reward_funcs"]) + [verification_hit],
@@ -348,12 +346,12 @@ def run_method(method: str,  # a method of `EXPERIMENTS`, e.g. 'taxonrl'
                               n_train=len(data["train"]), n_test=len(test))
 
 # %% ../nbs/10_taxonrl.ipynb #f519d312
-STRATUM_COLUMNS = {"visual": "Visual", "same_species": "Same Species", "same_genus": "Same Genus",
+_STRATUM_COLUMNS = {"visual": "Visual", "same_species": "Same Species", "same_genus": "Same Genus",
                    "same_family": "Same Family", "same_order": "Same Order", "same_class": "Same Class",
                    "different": "Same Class"}  # a 4-rank synthetic world has one class: 'different' = same class only
 
 # %% ../nbs/10_taxonrl.ipynb #e248fd73
-TABLE1_COLUMNS = ["Visual", "Same Species", "Same Genus", "Same Family", "Same Order", "Same Class", "Average"]
+_TABLE1_COLUMNS = ["Visual", "Same Species", "Same Genus", "Same Family", "Same Order", "Same Class", "Average"]
 
 def accuracy_per_run(results: pd.DataFrame):  # per-pair results (`run_method`), any methods and seeds
     "Verification accuracy (%) per stratum and on average ('all' pairs, as the paper's Average), one row per method and seed."
@@ -363,16 +361,16 @@ def accuracy_per_run(results: pd.DataFrame):  # per-pair results (`run_method`),
         va = verification_accuracy(g["completion"].tolist(), g["label"].tolist(), g["stratum"].tolist())
         rec = {"method": m, "seed": s}
         for k, v in va["accuracy"].items():
-            if k not in ("all", "macro"): rec[STRATUM_COLUMNS.get(k, k)] = 100 * v
+            if k not in ("all", "macro"): rec[_STRATUM_COLUMNS.get(k, k)] = 100 * v
         rec["Average"] = 100 * va.loc["all", "accuracy"]
         recs.append(rec)
     df = pd.DataFrame(recs)
-    return df[["method", "seed"] + [c for c in TABLE1_COLUMNS if c in df]]
+    return df[["method", "seed"] + [c for c in _TABLE1_COLUMNS if c in df]]
 
 def accuracy_table(results: pd.DataFrame):  # per-pair results (`run_method`), any methods and seeds
     "Table 1: accuracy (%) per stratum, mean over seeds per method, with the std over seeds and the seed count."
     per = accuracy_per_run(results)
-    cols = [c for c in TABLE1_COLUMNS if c in per]
+    cols = [c for c in _TABLE1_COLUMNS if c in per]
     g = per.groupby("method", sort=False)
     mean, std = g[cols].mean(), g[cols].std(ddof=1)
     out = pd.concat({"mean": mean, "std": std}, axis=1)
@@ -420,9 +418,9 @@ def binary_vs_concrete(results: pd.DataFrame,  # per-pair results holding the 'b
     return out
 
 # %% ../nbs/10_taxonrl.ipynb #d7b545c8
-def training_curves(logs: pd.DataFrame):  # TRL log histories with 'method' and 'seed' columns (`run_method`'s logs, concatenated)
+def _training_curves(logs: pd.DataFrame):  # TRL log histories with 'method' and 'seed' columns (`run_method`'s logs, concatenated)
     "Tidy per-step curves: total reward, each reward part and the rollouts' verification accuracy, per method and seed."
-    if not len(logs) or "reward" not in logs: raise ValueError("training_curves needs TRL log histories with a 'reward' column")
+    if not len(logs) or "reward" not in logs: raise ValueError("_training_curves needs TRL log histories with a 'reward' column")
     logs = logs[logs["reward"].notna()]
     parts = {c: c.split("/")[1] for c in logs if c.startswith("rewards/") and c.endswith("/mean")}
     long = logs.melt(id_vars=["method", "seed", "step"], value_vars=["reward", *parts], var_name="curve", value_name="value")
@@ -430,10 +428,10 @@ def training_curves(logs: pd.DataFrame):  # TRL log histories with 'method' and 
     long.loc[long["curve"] == "verification_hit", "curve"] = "rollout accuracy"
     return long.dropna(subset=["value"])
 
-def plot_training_curves(logs: pd.DataFrame):  # as for `training_curves`
+def _plot_training_curves(logs: pd.DataFrame):  # as for `_training_curves`
     "Figure: reward parts and rollout accuracy per GRPO step, one panel per curve, one line per method (band: seeds)."
     import seaborn as sns
-    long = training_curves(logs)
+    long = _training_curves(logs)
     g = sns.relplot(long, x="step", y="value", hue="method", col="curve", kind="line", col_wrap=3,
                     height=2.4, aspect=1.3, facet_kws=dict(sharey=False), errorbar="sd")
     g.set_axis_labels("GRPO step", "mean over rollouts")
@@ -579,7 +577,7 @@ attribute_reward.reward_range = (0.0, 1.0)
 def identity_target(row: dict,  # an identity pair row with <attribute>1/2 columns
                     attributes=ID_ATTRIBUTES):  # attribute tags
     "Warm-up target for identity pairs: every attribute's tag with both true values, and an uninformative 4-decimal answer."
-    p = uninformative_p(row, [f"{a}{i}" for a in attributes for i in (1, 2)] + ["image_id1", "image_id2"])
+    p = _uninformative_p(row, [f"{a}{i}" for a in attributes for i in (1, 2)] + ["image_id1", "image_id2"])
     return "<think>" + "".join(f"<{a}>{row[f'{a}1']}; {row[f'{a}2']}</{a}>" for a in attributes) + f"</think><answer>{p:.4f}</answer>"
 
 # %% ../nbs/10_taxonrl.ipynb #9f4a3fd0
@@ -591,7 +589,7 @@ def identity_spec(name: str,  # 'zero-shot', 'grpo' or 'taxonrl'
         return [bce_correctness(parse_probability(completion_text(c)), int(y)) for c, y in zip(completions, label)]
     corr.__name__ = "identity_correctness_reward"
     def prepare(d):
-        msgs = pair_messages(identity_prompt(attributes, subject))
+        msgs = _pair_messages(identity_prompt(attributes, subject))
         return d.map(lambda r: {"prompt": msgs})
     def attr(completions, **kw): return attribute_reward(completions, attributes=attributes, **kw)
     attr.__name__ = "attribute_reward"
