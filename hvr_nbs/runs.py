@@ -4,7 +4,7 @@
 
 # %% ../nbs/08a_runs.ipynb #62877dfe
 from __future__ import annotations
-import argparse, contextlib, io, time
+import argparse, contextlib, io, shutil, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -144,14 +144,13 @@ def train_and_evaluate(method: str,  # the method's name (run folder, 'method' c
     model_dir = None
     state = _dist_state()
     if trainer is None: model, processor = load_vlm(str(start))
-    elif state is not None or keep_model:  # sharded (ZeRO-3 / FSDP): save once, evaluate on the main process
-        model_dir = save_checkpoint(trainer, out/"model")
-        if state is not None:
+    else:
+        model, processor = trainer.model, trainer.processing_class
+        if state is not None or keep_model: model_dir = save_checkpoint(trainer, out/"model")
+        if state is not None:  # sharded (ZeRO-3 / FSDP): saved once above, evaluated on the main process only
             state.wait_for_everyone()
             if not state.is_main_process: return RunResult(method, seed, pd.DataFrame(), {}, log, out, dict(train=t_train))
             model, processor = load_vlm(str(model_dir))
-        else: model, processor = trainer.model, trainer.processing_class
-    else: model, processor = trainer.model, trainer.processing_class
     t1 = time.perf_counter()
     df, metrics = evaluate(model, processor)
     t_eval = time.perf_counter() - t1
@@ -160,7 +159,7 @@ def train_and_evaluate(method: str,  # the method's name (run folder, 'method' c
     df.insert(0, "method", method); df.insert(1, "seed", seed)
     df.to_csv(out/"completions.csv", index=False)
     if len(log): log.to_csv(out/"train_log.csv", index=False)
-    for d in ("_sft", "_grpo"): __import__("shutil").rmtree(out/d, ignore_errors=True)
+    for d in ("_sft", "_grpo"): shutil.rmtree(out/d, ignore_errors=True)
     secs = dict(train=round(t_train, 2), evaluate=round(t_eval, 2))
     write_manifest(out, prof, method=method, seed=seed, start=str(start), seconds=secs, metrics=metrics,
                    sft={k: v for k, v in (sft or {}).items() if k != "dataset"} or None,
