@@ -23,7 +23,9 @@ requirements = shlex.split(cfg.get('requirements', ''))
 if cfg.get('pip_requirements'): requirements += shlex.split(cfg.get('pip_requirements', ''))
 min_python = cfg['min_python']
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
-dev_requirements = (cfg.get('dev_requirements') or '').split()
+# extras: `<name>_requirements` in settings.ini becomes `pip install "hvr_nbs[<name>]"`
+extra_names = 'notebooks clip dev'.split()
+extras = {name: shlex.split(cfg.get(f'{name}_requirements', '')) for name in extra_names}
 
 package_data = dict()
 pkg_data = cfg.get('package_data', None)
@@ -44,7 +46,7 @@ setuptools.setup(
     packages = setuptools.find_packages(),
     include_package_data = True,
     install_requires = requirements,
-    extras_require={ 'dev': dev_requirements },
+    extras_require = extras,
     dependency_links = cfg.get('dep_links','').split(),
     python_requires  = '>=' + cfg['min_python'],
     long_description = open('README.md', encoding='utf-8').read(),
