@@ -238,12 +238,14 @@ class WarmStartExamples:
                  ranks,  # rank columns, root first
                  n: int,  # number of examples
                  seed: int = 0,
-                 mix: dict = WARM_START_MIX):  # kind -> weight
+                 mix: dict = WARM_START_MIX,  # kind -> weight
+                 leaf_open_share: float = 1.0):  # share of open leaf-rank questions kept (the rest ask a coarser rank)
         missing = [c for c in ["image", *ranks] if c not in dataset.column_names]
         if missing: raise KeyError(f"WarmStartExamples: dataset lacks columns {missing}")
         if unknown := set(mix) - set(WARM_START_MIX): raise ValueError(f"Unknown example kinds {unknown}")
         self.images = [im.convert("RGB") for im in dataset["image"]]
-        self.ranks, self.n, self.seed, self.mix = list(ranks), int(n), seed, dict(mix)
+        if not 0.0 <= leaf_open_share <= 1.0: raise ValueError(f"leaf_open_share must lie in [0, 1], got {leaf_open_share}")
+        self.ranks, self.n, self.seed, self.mix, self.leaf_open_share = list(ranks), int(n), seed, dict(mix), float(leaf_open_share)
         self.labels = {r: list(dataset[r]) for r in self.ranks}
         self.taxa = {r: sorted(set(v)) for r, v in self.labels.items()}
         self.members = {r: defaultdict(list) for r in self.ranks}
@@ -257,6 +259,8 @@ class WarmStartExamples:
         rng = random.Random(self.seed * 1_000_003 + i)
         kind = rng.choices(list(self.mix), weights=list(self.mix.values()))[0]
         j, rank = rng.randrange(len(self.images)), rng.choice(self.ranks)
+        if kind == "rank" and rank == self.ranks[-1] and self.leaf_open_share < 1 and rng.random() >= self.leaf_open_share:
+            rank = rng.choice(self.ranks[:-1])  # the leaf is learnt from descriptions, options and pairs instead
         truth = self.labels[rank][j]
         if kind == "rank": q, a, imgs = RANK_QUESTION.format(rank=rank), truth, [j]
         elif kind == "choice":
@@ -391,7 +395,8 @@ def warm_start_base(profile="smoke",  # a `Profile` or its name
                     size: str | None = None,  # default `profile.model.size`
                     mix: dict = WARM_START_MIX,
                     vision_steps: int | None = None,  # stage-1 steps (`pretrain_vision`); default 300 (20 under nbdev_test)
-                    n_eval_per_species: int = 2):  # held-out images per species for the accuracy table
+                    n_eval_per_species: int = 2,  # held-out images per species for the accuracy table
+                    leaf_open_share: float = 1.0):  # `WarmStartExamples`: share of open leaf questions kept (< 1: a latent leaf)
     "The SFT-warm-started tiny VLM for `profile`'s SynthTaxa world (trained once, then cached)."
     from hvr_nbs.synthetic import make_world
     prof = get_profile(profile) if isinstance(profile, str) else profile
@@ -406,6 +411,7 @@ def warm_start_base(profile="smoke",  # a `Profile` or its name
     lr = prof.train.warm_start_lr
     cfg = dict(world=prof.world, arch=arch, size=size, steps=steps, vision_steps=vision_steps, lr=lr,
                batch_size=batch_size, seed=seed, mix=mix, n_eval=n_eval_per_species, recipe=2)
+    if leaf_open_share != 1: cfg["leaf_open_share"] = float(leaf_open_share)  # the default keeps its cache key
 
     def build(d):
         d = Path(d); t0 = time.time()
@@ -420,7 +426,7 @@ def warm_start_base(profile="smoke",  # a `Profile` or its name
         vis_curve = pretrain_vision(model, proc, train, list(prof.world.ranks)[:-1], steps=vision_steps, lr=lr,
                                     seed=seed) if vision_steps else pd.DataFrame()
         vision_s = time.time() - t1
-        examples = WarmStartExamples(train, prof.world.ranks, n=steps * batch_size, seed=seed, mix=mix)
+        examples = WarmStartExamples(train, prof.world.ranks, n=steps * batch_size, seed=seed, mix=mix, leaf_open_share=leaf_open_share)
         conf = sft_config(prof, output_dir=d/"_trainer", max_steps=steps, learning_rate=lr,
                           per_device_train_batch_size=batch_size, lr_scheduler_type="cosine", warmup_steps=0.05,
                           logging_steps=max(1, steps // 40), seed=seed, disable_tqdm=in_test(),
