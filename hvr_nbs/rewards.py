@@ -12,14 +12,15 @@ __all__ = ['TAXONRL_LEVELS', 'BCE_EPS', 'TAXONRL_WEIGHTS', 'MAX_MATCHED_PREDICTI
            'completion_text', 'normalize_tags', 'parse_tag', 'parse_probability', 'parse_taxon_pair',
            'parse_taxon_pairs', 'parse_option_letter', 'parse_json_list', 'parse_detections',
            'parse_taxonrl_ground_truth', 'taxonrl_truth', 'taxonrl_format_ok', 'taxonrl_format_reward',
-           'bce_correctness', 'taxonrl_correctness_reward', 'plot_correctness_reward', 'taxonomy_score',
-           'taxonrl_taxonomy_reward', 'parse_binary_tags', 'binary_taxonomy_score', 'taxonrl_binary_taxonomy_reward',
-           'taxonrl_weights', 'taxonrl_reward', 'taxonrl_binary_reward', 'taxonrl_standard_grpo_reward',
-           'make_taxonrl_reward', 'think_answer_parts', 'visual_rft_format_reward', 'normalize_label',
-           'visual_rft_accuracy_reward', 'visual_rft_accuracy_released', 'visual_rft_classification_reward', 'box_iou',
-           'match_detections', 'visual_rft_iou_reward', 'visual_rft_confidence_reward', 'visual_rft_detection_reward',
-           'fine_r1_accuracy_reward', 'fine_r1_format_reward', 'fine_r1_reward', 'vl_taxon_format_reward',
-           'vl_taxon_stage1_reward', 'vl_taxon_stage2_reward', 'vl_taxon_reward', 'tara_no_thinking_reward']
+           'bce_correctness', 'taxonrl_correctness_reward', 'taxonrl_correctness_released', 'plot_correctness_reward',
+           'taxonomy_score', 'taxonrl_taxonomy_reward', 'parse_binary_tags', 'binary_taxonomy_score',
+           'taxonrl_binary_taxonomy_reward', 'taxonrl_weights', 'taxonrl_reward', 'taxonrl_binary_reward',
+           'taxonrl_standard_grpo_reward', 'make_taxonrl_reward', 'think_answer_parts', 'visual_rft_format_reward',
+           'normalize_label', 'visual_rft_accuracy_reward', 'visual_rft_accuracy_released',
+           'visual_rft_classification_reward', 'box_iou', 'match_detections', 'visual_rft_iou_reward',
+           'visual_rft_confidence_reward', 'visual_rft_detection_reward', 'fine_r1_accuracy_reward',
+           'fine_r1_format_reward', 'fine_r1_reward', 'vl_taxon_format_reward', 'vl_taxon_stage1_reward',
+           'vl_taxon_stage2_reward', 'vl_taxon_reward', 'tara_no_thinking_reward']
 
 # %% ../nbs/05_rewards.ipynb #ab15be95
 def reward_range(lo: float,  # smallest value the reward can return
@@ -95,15 +96,17 @@ def parse_tag(text: str,  # model output
 
 # %% ../nbs/05_rewards.ipynb #f9ee863c
 _PROB = re.compile(r"[0-9]\.[0-9]{4}")
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")   # unambiguous: linear on long digit runs
 
 def parse_probability(text: str,             # model output, or the bare number if `tag` is None
                       tag: str | None = "answer",  # tag holding the number
+                      strict_number: bool = True,  # only `D.DDDD` (True) or any plain decimal number (False, the released rule)
                      ) -> float | None:
-    "The `D.DDDD` probability in `<answer>` as a float in [0, 1]; None if missing, malformed or out of range."
+    "The probability in `<answer>` as a float in [0, 1] (`D.DDDD` only if strict); None if missing, malformed or out of range."
     s = parse_tag(text, tag) if tag else completion_text(text).strip()
-    if s is None or not _PROB.fullmatch(s): return None
+    if s is None or not (_PROB if strict_number else _NUMBER).fullmatch(s): return None
     p = float(s)
-    return p if 0.0 <= p <= 1.0 else None
+    return p + 0.0 if 0.0 <= p <= 1.0 else None   # + 0.0 turns -0.0 into 0.0
 
 # %% ../nbs/05_rewards.ipynb #d77840de
 def parse_taxon_pair(content: str | None,  # the content of one rank tag
@@ -195,7 +198,7 @@ def _box(v):
 
 def parse_detections(text: str,  # model output (the `<answer>` section is used when present) or bare JSON
                     ) -> list[dict] | None:
-    "Detections [{'box': (x1, y1, x2, y2) or None, 'confidence': float or None}], duplicates removed; None if no list."
+    "Detections [{'box': (x1, y1, x2, y2) or None, 'confidence': float or None}], repeated positions dropped; None if no list."
     a = parse_tag(text, "answer")
     items = parse_json_list(a if a is not None else text)
     if items is None: return None
@@ -204,7 +207,8 @@ def parse_detections(text: str,  # model output (the `<answer>` section is used 
         d = {str(k).lower(): v for k, v in it.items()} if isinstance(it, Mapping) else {}
         box, c = _box(d.get("position")), _num(d.get("confidence"))
         if c is not None and not 0.0 <= c <= 1.0: c = None
-        key = (box, c) if box is not None else ("junk", repr(it)[:200])
+        key = (box if box is not None else ("position", repr(d["position"])[:200]) if "position" in d
+               else ("item", repr(it)[:200]))   # Visual-RFT: same Position = duplicate, confidence ignored
         if key in seen: continue
         seen.add(key)
         out.append({"box": box, "confidence": c})
@@ -299,15 +303,15 @@ def bce_correctness(p: float | None,  # predicted probability of 'same species' 
     if p is None or not isinstance(p, (int, float)) or not (0.0 <= p <= 1.0):   # also rejects NaN
         return 0.0 if bounded else math.log(BCE_EPS)
     q = min(max(float(p), BCE_EPS), 1.0 - BCE_EPS)
-    bce = -(label * math.log(q) + (1 - label) * math.log(1.0 - q))
+    bce = -(label * math.log(q) + (1 - label) * math.log(max(1.0 - q, BCE_EPS)))   # 1 - (1 - eps) rounds below eps
     return 1.0 - min(bce, 1.0) if bounded else -bce
 
 @reward_range(0, 1)
-def taxonrl_correctness_reward(completions, bounded: bool = True, **kwargs):
+def taxonrl_correctness_reward(completions, bounded: bool = True, strict_number: bool = True, **kwargs):
     "TaxonRL's correctness reward r_corr (Eq. 2) from the parsed `<answer>` probability; range [0, 1] (bounded)."
     texts = _texts(completions)
     labels = [_label_of(r) for r in _rows(kwargs, len(texts))]
-    return [bce_correctness(parse_probability(t), y, bounded) for t, y in zip(texts, labels)]
+    return [bce_correctness(parse_probability(t, strict_number=strict_number), y, bounded) for t, y in zip(texts, labels)]
 
 # %% ../nbs/05_rewards.ipynb #88ff9d1b
 _TAXONRL_COLUMNS = ("label", "taxa", "ground_truth") + tuple(f"{l}{i}" for l in TAXONRL_LEVELS for i in (1, 2))
@@ -324,6 +328,12 @@ def _label_of(row):
     y = taxonrl_truth(row, require_taxa=False)["label"]
     if y is None: raise KeyError("TaxonRL correctness needs a 'label' column (1 same species, 0 different) or 'ground_truth'")
     return y
+
+# %% ../nbs/05_rewards.ipynb #c0208df2
+@reward_range(0, 1)
+def taxonrl_correctness_released(completions, **kwargs):
+    "TaxonRL's correctness reward with the released code's number rule: any number in [0, 1] in `<answer>`."
+    return taxonrl_correctness_reward(completions, strict_number=False, **kwargs)
 
 # %% ../nbs/05_rewards.ipynb #baca2d70
 def plot_correctness_reward(n: int = 201):  # points on the probability axis
@@ -422,7 +432,7 @@ def taxonrl_weights(weights="code",  # 'code', 'paper', 'standard_grpo', a lambd
     return w
 
 # %% ../nbs/05_rewards.ipynb #da5a2d25
-def _taxonrl_total(completions, weights, binary, bounded, kwargs, stop_needs_split=False):
+def _taxonrl_total(completions, weights, binary, bounded, kwargs, stop_needs_split=False, strict_number=True):
     wf, wc, wt = taxonrl_weights(weights)
     texts = _texts(completions)
     rows = _rows(kwargs, len(texts))
@@ -430,7 +440,7 @@ def _taxonrl_total(completions, weights, binary, bounded, kwargs, stop_needs_spl
     for t, row in zip(texts, rows):
         r = taxonrl_truth(row, require_taxa=wt > 0)
         total = wf * float(taxonrl_format_ok(t))
-        if wc: total += wc * bce_correctness(parse_probability(t), _label_of(row), bounded)
+        if wc: total += wc * bce_correctness(parse_probability(t, strict_number=strict_number), _label_of(row), bounded)
         if wt:
             score = (binary_taxonomy_score(parse_binary_tags(t), r) if binary
                      else taxonomy_score(parse_taxon_pairs(t), r, stop_needs_split=stop_needs_split))
@@ -458,17 +468,18 @@ def make_taxonrl_reward(weights="code",        # see `taxonrl_weights`
                         binary: bool = False,  # binary same/different taxonomy reward (Eq. 5)
                         bounded: bool = True,  # code's 1 - min(BCE, 1) (True) or paper's -BCE (False)
                         stop_needs_split: bool = False,  # see `taxonomy_score`
+                        strict_number: bool = True,  # correctness reads only `D.DDDD` (True) or any number in [0, 1] (False, released)
                         name: str | None = None,  # __name__ for TRL's logs; built from the settings if None
                        ):
     "A TRL reward function computing TaxonRL's total reward with fixed settings."
     wf, wc, wt = taxonrl_weights(weights)
     def reward(completions, **kwargs):
-        return _taxonrl_total(completions, (wf, wc, wt), binary, bounded, kwargs, stop_needs_split)
+        return _taxonrl_total(completions, (wf, wc, wt), binary, bounded, kwargs, stop_needs_split, strict_number)
     reward.__name__ = reward.__qualname__ = name or (f"taxonrl{'_binary' if binary else ''}_reward_"
                                                      f"{wf:g}_{wc:g}_{wt:g}{'' if bounded else '_unbounded'}"
-                                                     f"{'_split' if stop_needs_split else ''}")
+                                                     f"{'_split' if stop_needs_split else ''}{'' if strict_number else '_lenient'}")
     reward.__doc__ = (f"TaxonRL total reward, weights {(wf, wc, wt)}, binary={binary}, bounded={bounded}, "
-                      f"stop_needs_split={stop_needs_split}.")
+                      f"stop_needs_split={stop_needs_split}, strict_number={strict_number}.")
     reward.reward_range = (wc * math.log(BCE_EPS) if not bounded else 0.0, 1.0 if bounded else wf + wt)
     return reward
 
@@ -692,6 +703,7 @@ _TAXA = "order1..genus2 | taxa | ground_truth"
 ALL_REWARDS = {
     "taxonrl_format_reward": (taxonrl_format_reward, ()),
     "taxonrl_correctness_reward": (taxonrl_correctness_reward, ("label",)),
+    "taxonrl_correctness_released": (taxonrl_correctness_released, ("label",)),
     "taxonrl_taxonomy_reward": (taxonrl_taxonomy_reward, (_TAXA,)),
     "taxonrl_binary_taxonomy_reward": (taxonrl_binary_taxonomy_reward, (_TAXA,)),
     "taxonrl_reward": (taxonrl_reward, ("label", _TAXA)),

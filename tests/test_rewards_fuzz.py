@@ -16,9 +16,11 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from hvr_nbs.rewards import (ALL_REWARDS, BCE_EPS, make_taxonrl_reward, parse_detections, parse_json_list,
                              parse_option_letter, parse_probability, parse_tag, parse_taxon_pairs, parse_binary_tags,
                              completion_text, taxonrl_taxonomy_reward, fine_r1_accuracy_reward, think_answer_parts,
-                             normalize_label, box_iou)
+                             normalize_label, box_iou, taxonrl_correctness_reward, taxonrl_format_reward,
+                             visual_rft_iou_reward, visual_rft_confidence_reward)
 
-BUDGET = {"unicode": 2500, "tag_soup": 2500, "taxonrl": 2000, "json": 2000, "wrappers": 800, "groups": 300, "huge": 30}
+BUDGET = {"unicode": 2500, "tag_soup": 2500, "taxonrl": 2000, "json": 2000, "wrappers": 800, "groups": 300, "huge": 30,
+          "duplicates": 300}
 COUNTS = Counter()
 
 
@@ -74,6 +76,8 @@ EXTRA_REWARDS = {  # non-default settings, with their own ranges
     "taxonrl_unbounded": (make_taxonrl_reward(bounded=False), ("label", "taxonomy")),
     "taxonrl_paper_split": (make_taxonrl_reward("paper", stop_needs_split=True), ("label", "taxonomy")),
     "taxonrl_binary_lambda": (make_taxonrl_reward(0.3, binary=True), ("label", "taxonomy")),
+    "taxonrl_lenient": (make_taxonrl_reward(strict_number=False), ("label", "taxonomy")),
+    "taxonrl_unbounded_lenient": (make_taxonrl_reward(bounded=False, strict_number=False), ("label", "taxonomy")),
 }
 
 
@@ -104,6 +108,9 @@ def check_parsers(c):
         assert v is None or isinstance(v, str)
     p = parse_probability(c)
     assert p is None or (type(p) is float and 0.0 <= p <= 1.0)
+    pl = parse_probability(c, strict_number=False)   # lenient: a superset of strict, same value where strict parses
+    assert pl is None or (type(pl) is float and 0.0 <= pl <= 1.0)
+    assert p is None or pl == p
     for k, v in parse_taxon_pairs(c).items():
         assert v is None or (len(v) == 2 and all(isinstance(x, str) and x for x in v))
     assert set(parse_binary_tags(c).values()) <= {"same", "different", None}
@@ -119,6 +126,8 @@ def check_parsers(c):
     if d:
         for x in d:
             if x["box"] is not None: assert 0.0 <= box_iou(x["box"], x["box"]) <= 1.0
+        boxes = [x["box"] for x in d if x["box"] is not None]
+        assert len(boxes) == len(set(boxes)), "Visual-RFT: a position appears at most once"
     ta = think_answer_parts(c)
     assert ta is None or (isinstance(ta, tuple) and ta[1] != "")
     assert isinstance(normalize_label(t), str)
@@ -264,6 +273,31 @@ def test_huge_outputs(text, gt):
     check_rewards([text], gt); COUNTS["huge"] += 1
 
 
+BOX = st.tuples(st.integers(0, 40), st.integers(0, 40), st.integers(1, 30), st.integers(1, 30)).map(
+    lambda t: [t[0], t[1], t[0] + t[2], t[1] + t[3]])
+CONF = st.floats(0, 1)
+
+
+@_settings("duplicates")
+@given(st.lists(st.fixed_dictionaries({"Position": BOX, "Confidence": CONF}), min_size=1, max_size=6),
+       st.lists(st.tuples(st.integers(0, 5), CONF, st.booleans()), max_size=4),
+       st.lists(BOX, max_size=4))
+def test_repeated_positions_change_nothing(items, copies, gt):
+    "Visual-RFT: repeating a position later in the list, with any confidence (written as int or float), changes no reward."
+    dup = list(items)
+    for i, c, as_float in copies:
+        pos = items[i % len(items)]["Position"]
+        dup.append({"Position": [float(v) for v in pos] if as_float else pos, "Confidence": c})
+    first = {}
+    for it in items: first.setdefault(tuple(it["Position"]), it)
+    dedup = list(first.values())
+    wrap = lambda xs: "<think>boxes</think><answer>" + json.dumps(xs) + "</answer>"
+    for f in (visual_rft_iou_reward, visual_rft_confidence_reward):
+        a, b, c = f([wrap(dup), wrap(items), wrap(dedup)], boxes=[gt] * 3)
+        assert a == b == c, (f.__name__, a, b, c)
+    COUNTS["duplicates"] += 1
+
+
 def test_zz_total_examples():
     "The property tests above together ran at least 10,000 generated outputs."
     assert sum(BUDGET.values()) >= 10_000
@@ -280,3 +314,30 @@ def test_bad_probabilities_score_minimum(ans):
     f, _ = ALL_REWARDS["taxonrl_correctness_reward"]
     assert f([out], label=[1], order1=["A"], order2=["A"]) == [0.0]
     assert make_taxonrl_reward(bounded=False, weights=(0, 1, 0))([out], label=[0]) == [math.log(BCE_EPS)]
+
+
+# the TaxonRL correctness reward, strict (default, ours) and lenient (the released code's number rule)
+HALF = 1 + math.log(0.5)
+
+
+@pytest.mark.parametrize("out,strict,lenient", [
+    ("<think>x</think><answer>0.50</answer>", 0.0, HALF),
+    ("<think>x</think><answer>1.00</answer>", 0.0, 1.0),
+    ("<think>x</think><answer>0.5000</answer>", HALF, HALF),
+    ("<think>x</think><answer>1.5</answer>", 0.0, 0.0),
+    ("<think>x</think><answer>abc</answer>", 0.0, 0.0),
+    ("<think>x</think>0.5000", 0.0, 0.0),   # no <answer>
+])
+def test_correctness_strict_and_lenient(out, strict, lenient):
+    assert taxonrl_correctness_reward([out], label=[1]) == [pytest.approx(strict)]
+    assert taxonrl_correctness_reward([out], label=[1], strict_number=False) == [pytest.approx(lenient)]
+    assert ALL_REWARDS["taxonrl_correctness_released"][0]([out], label=[1]) == [pytest.approx(lenient)]
+    assert taxonrl_format_reward([out]) == [float(out.endswith("<answer>0.5000</answer>"))]   # format stays strict
+
+
+@pytest.mark.parametrize("ans,strict_number", [("1.0000", True), ("1.0000", False), ("1", False), ("0.0000", True), ("0", False)])
+def test_unbounded_extremes_stay_in_range(ans, strict_number):
+    "A certain, wrong answer scores exactly the documented minimum ln(1e-15) (1 - (1 - eps) rounds below eps in floats)."
+    f = make_taxonrl_reward(bounded=False, weights=(0, 1, 0), strict_number=strict_number)
+    label = 0 if ans.startswith("1") else 1
+    assert f([f"<think>x</think><answer>{ans}</answer>"], label=[label]) == [f.reward_range[0]] == [math.log(BCE_EPS)]
