@@ -4,15 +4,18 @@
 
 # %% ../nbs/20_reproduce.ipynb #6fa16616
 from __future__ import annotations
-import os, sys, re, csv, json, time, argparse, datetime, itertools, traceback, subprocess, resource, html, urllib.parse
+import os, sys, re, csv, json, time, signal, argparse, datetime, itertools, traceback, subprocess, resource, html, urllib.parse
+import tempfile, threading, contextlib, platform
 from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
+from filelock import FileLock, Timeout
 from .core import PROFILES, get_profile, write_manifest, device_info
 
 # %% auto #0
-__all__ = ['PAPER_DATASETS', 'default_nbs_dir', 'notebook_sequence', 'check_paper_data', 'run_notebook', 'read_table',
-           'collect_results', 'write_report', 'reproduce', 'parse_args', 'main']
+__all__ = ['PAPER_DATASETS', 'default_nbs_dir', 'notebook_sequence', 'check_paper_data', 'read_status', 'run_notebook',
+           'read_table', 'collect_results', 'write_report', 'OutputFolderLocked', 'out_lock', 'RunInterrupted',
+           'reproduce', 'parse_args', 'main']
 
 # %% ../nbs/20_reproduce.ipynb #29acd829
 def default_nbs_dir():
@@ -68,6 +71,51 @@ def check_paper_data(data_root,  # root folder holding one sub-folder per data s
     if problems: raise FileNotFoundError(f"--data-root {root} is missing data the paper profile needs:\n" + "\n".join(problems))
     return needed
 
+# %% ../nbs/20_reproduce.ipynb #2a835ee3
+def _write_json(path,  # the file to write
+                obj):  # anything `json.dump` can write
+    "Write `obj` to `path` atomically: a temporary file in the same folder, flushed to disk, then renamed over `path`."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a failed or interrupted write leaves the old file and no temporary one
+        with contextlib.suppress(OSError): os.unlink(tmp)
+        raise
+    return path
+
+# %% ../nbs/20_reproduce.ipynb #708dd3da
+def read_status(path):  # a `status.json` written by the runner
+    "The records of a status file by notebook ({} if there is none); a `ValueError` naming the file if it is unreadable."
+    path = Path(path)
+    if not path.exists(): return {}
+    try: done, why = json.loads(path.read_text(encoding="utf-8")), "not one record per notebook"
+    except ValueError as e: done, why = None, f"not valid JSON ({e})"  # UnicodeDecodeError is a ValueError too
+    if not isinstance(done, dict) or not all(isinstance(r, dict) and "status" in r for r in done.values()):
+        raise ValueError(f"The status file {path} is corrupt: {why}. Move it aside to run every notebook again "
+                         "(the executed notebooks and results/ in its folder are kept), or mend it by hand.")
+    return done
+
+# %% ../nbs/20_reproduce.ipynb #e63f2ffe
+def _kill_tree(pid):  # a process id
+    "SIGKILL process `pid` and every process under it (a notebook's kernel and its workers), the descendants first."
+    import psutil
+    try: root = psutil.Process(pid); procs = root.children(recursive=True) + [root]
+    except psutil.NoSuchProcess: return
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess): p.kill()
+
+# %% ../nbs/20_reproduce.ipynb #18406609
+def _watch_parent(parent_pid: int,  # the runner's process id
+                  every: float = 0.5):  # seconds between checks
+    "In a `--one` child: a daemon thread that kills this process and its kernel as soon as the runner `parent_pid` is gone."
+    def watch():
+        while os.getppid() == parent_pid: time.sleep(every)
+        _kill_tree(os.getpid())
+    threading.Thread(target=watch, daemon=True, name="hvr-watch-runner").start()
+
 # %% ../nbs/20_reproduce.ipynb #0002594a
 def _run_one(nb_path, out_nb, params, cwd, results_dir):
     "Execute one notebook with papermill (in this process); return a status record."
@@ -91,14 +139,19 @@ def run_notebook(nb_path,  # the notebook to execute
     out_dir = Path(out_dir); nb_path = Path(nb_path).resolve()
     res_dir = out_dir/"results"/nb_path.stem; res_dir.mkdir(parents=True, exist_ok=True)
     rec_path = out_dir/"status"/f"{nb_path.stem}.json"; rec_path.parent.mkdir(exist_ok=True)
-    cmd = [sys.executable, "-c", "import sys; from hvr_nbs.reproduce import main; sys.exit(main())", "--one", str(nb_path), str(out_dir/f"{nb_path.stem}.ipynb"),
-           json.dumps(params), str(res_dir), str(rec_path)]
+    rec_path.unlink(missing_ok=True)  # an earlier run's record must not pass for this one's
+    cmd = [sys.executable, "-c", "import sys; from hvr_nbs.reproduce import main; sys.exit(main())", "--one", str(nb_path),
+           str(out_dir/f"{nb_path.stem}.ipynb"), json.dumps(params), str(res_dir), str(rec_path), str(os.getpid())]
     t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if rec_path.exists(): return json.loads(rec_path.read_text())
-    return {"notebook": nb_path.stem, "status": "failed", "wall_s": round(time.time()-t0, 1), "peak_rss_gb": None,
-            "error": f"runner child exited {proc.returncode}: {proc.stderr[-3000:]}",
-            "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try: _, err = proc.communicate()
+    except BaseException:  # Ctrl-C or SIGTERM: stop the notebook and its kernel, then pass the interruption on
+        _kill_tree(proc.pid); proc.wait(); raise
+    failed = lambda why: {"notebook": nb_path.stem, "status": "failed", "wall_s": round(time.time()-t0, 1), "peak_rss_gb": None,
+                          "error": why, "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+    if not rec_path.exists(): return failed(f"runner child exited {proc.returncode}: {err[-3000:]}")
+    try: return json.loads(rec_path.read_text(encoding="utf-8"))
+    except ValueError as e: return failed(f"the child's status record {rec_path} is unreadable ({e})")
 
 # %% ../nbs/20_reproduce.ipynb #983e89a3
 def _md_table(df):
@@ -241,7 +294,7 @@ def write_report(out_dir,  # the run's output folder
              f"- total wall time: {status_df['wall_s'].sum():.0f} s", "", "## Notebooks", "", _md_table(status_df), ""]
     for s in statuses:
         if s["status"] != "ok" and s.get("error"):
-            lines += [f"### {s['notebook']} failed", "", "```", s["error"][-2000:], "```", ""]
+            lines += [f"### {s['notebook']} {s['status']}", "", "```", s["error"][-2000:], "```", ""]
     results = collect_results(out_dir)
     if results: lines += ["## Results", ""]
     html_parts, current = [], None
@@ -256,6 +309,47 @@ def write_report(out_dir,  # the run's output folder
         f"<h1>hvr_nbs reproduction report</h1><p>profile: {html.escape(profile)}; device: {html.escape(device)}</p>"
         + status_df.to_html(index=False, na_rep="") + "".join(html_parts) + "</body></html>", encoding="utf-8")
     return out_dir/"report.md"
+
+# %% ../nbs/20_reproduce.ipynb #1b678f1f
+class OutputFolderLocked(RuntimeError):
+    "Another `hvr-reproduce` holds the lock of the output folder."
+
+# %% ../nbs/20_reproduce.ipynb #b0c7b506
+@contextlib.contextmanager
+def out_lock(out):  # the run's output folder
+    "Hold `out/.hvr-reproduce.lock` for a run; `OutputFolderLocked` naming the lock, folder and holder if it is taken."
+    out = Path(out); lock_path, holder_path = out/".hvr-reproduce.lock", out/".hvr-reproduce.holder.json"
+    lock = FileLock(str(lock_path), timeout=0)
+    try: lock.acquire()
+    except Timeout:
+        try: h = json.loads(holder_path.read_text()); who = f"pid {h['pid']} on {h['host']}, started {h['started']}"
+        except (OSError, ValueError, KeyError, TypeError): who = "holder unknown"
+        raise OutputFolderLocked(f"another hvr-reproduce is writing to {out} ({who}): it holds the lock {lock_path}. "
+                                 "Wait for it to finish or stop it, or give this run another --out.") from None
+    try:
+        _write_json(holder_path, {"pid": os.getpid(), "host": platform.node(), "argv": sys.argv,
+                                  "started": datetime.datetime.now().isoformat(timespec="seconds")})
+        yield lock_path
+    finally:
+        with contextlib.suppress(OSError): holder_path.unlink()
+        lock.release()
+
+# %% ../nbs/20_reproduce.ipynb #b98c995c
+class RunInterrupted(KeyboardInterrupt):
+    "A signal (Ctrl-C, SIGTERM, SIGHUP) stopped the run; `signum` says which, the message how to resume."
+    def __init__(self, signum=signal.SIGINT, message=""):
+        super().__init__(message or f"stopped by {signal.Signals(signum).name}"); self.signum = int(signum)
+
+# %% ../nbs/20_reproduce.ipynb #74e8e4dc
+def _on_signal(signum, frame):
+    "`hvr-reproduce`'s handler for SIGTERM and SIGHUP: stop the run the way Ctrl-C does, remembering the signal."
+    raise RunInterrupted(signum)
+
+# %% ../nbs/20_reproduce.ipynb #7d311840
+def _should_run(rec,  # the notebook's record in `status.json`, None if it never ran
+                resume: bool, force: bool):
+    "Whether a notebook runs: always, except with `resume` and without `force` when its record says it finished ok."
+    return force or not resume or (rec or {}).get("status") != "ok"
 
 # %% ../nbs/20_reproduce.ipynb #5716007e
 def reproduce(profile: str = "smoke",  # run profile
@@ -276,20 +370,43 @@ def reproduce(profile: str = "smoke",  # run profile
     out = Path(out) if out else nbs_dir.resolve().parent/"runs"/f"{profile}-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
     params = {"profile": profile, **({"data_root": str(data_root)} if data_root else {}), **(params or {})}
-    write_manifest(out, {"profile": profile, "params": params, "notebooks": [p.stem for p in nbs]})
-    status_path = out/"status.json"
-    done = json.loads(status_path.read_text()) if status_path.exists() else {}
-    statuses = []
-    bar = tqdm(nbs, desc=f"hvr-reproduce [{profile}]", unit="nb")
-    for nb in bar:
-        bar.set_postfix_str(nb.stem)
-        if resume and not force and done.get(nb.stem, {}).get("status") == "ok":
-            statuses.append({**done[nb.stem], "status": "ok"}); continue
-        rec = run_notebook(nb, out, params)
-        done[nb.stem] = rec; statuses.append(rec)
-        status_path.write_text(json.dumps(done, indent=2))
-        if rec["status"] != "ok": tqdm.write(f"{nb.stem} failed: {(rec.get('error') or '')[-300:]}")
-    return write_report(out, statuses, profile), statuses
+    status_path, now = out/"status.json", lambda: datetime.datetime.now().isoformat(timespec="seconds")
+    with out_lock(out):
+        done = read_status(status_path)
+        stale = [k for k, r in done.items() if r["status"] == "running"]  # its runner was killed: we hold the lock
+        for k in stale: done[k] = {**done[k], "status": "interrupted", "error": "the runner was killed while this notebook ran"}
+        if resume and stale: tqdm.write(f"interrupted in the earlier run, running again: {', '.join(stale)}")
+        if force or not resume: done = {k: r for k, r in done.items() if k not in {p.stem for p in nbs}}
+        if stale: _write_json(status_path, done)
+        write_manifest(out, {"profile": profile, "params": params, "notebooks": [p.stem for p in nbs]})
+        statuses, running = [], None
+        try:
+            bar = tqdm(nbs, desc=f"hvr-reproduce [{profile}]", unit="nb")
+            for nb in bar:
+                bar.set_postfix_str(nb.stem)
+                if not _should_run(done.get(nb.stem), resume, force):
+                    statuses.append({**done[nb.stem], "status": "ok"}); continue
+                running, t0 = nb.stem, time.time()
+                done[nb.stem] = {"notebook": nb.stem, "status": "running", "pid": os.getpid(), "started": now()}
+                _write_json(status_path, done)
+                rec = run_notebook(nb, out, params)
+                done[nb.stem] = rec; statuses.append(rec); running = None
+                _write_json(status_path, done)
+                if rec["status"] != "ok": tqdm.write(f"{nb.stem} failed: {(rec.get('error') or '')[-300:]}")
+            return write_report(out, statuses, profile), statuses
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP through `_on_signal`
+            sig = signal.Signals(getattr(e, "signum", signal.SIGINT))
+            if running:
+                done[running] = {**done.get(running, {}), "notebook": running, "status": "interrupted",
+                                 "error": f"stopped by {sig.name}", "wall_s": round(time.time()-t0, 1), "finished": now()}
+                statuses.append(done[running]); _write_json(status_path, done)
+            reached = {s["notebook"] for s in statuses}
+            statuses += [{"notebook": p.stem, "status": "not reached"} for p in nbs if p.stem not in reached]
+            try: write_report(out, statuses, profile)
+            except Exception as err: tqdm.write(f"could not write the report: {type(err).__name__}: {err}")
+            raise RunInterrupted(sig, f"stopped by {sig.name}" + (f" while {running} ran (recorded as interrupted)" if running else "")
+                                 + f"; finished notebooks are kept in {out}. To finish the run, repeat the command with "
+                                 f"--out {out} --resume") from None
 
 # %% ../nbs/20_reproduce.ipynb #5c520cc3
 def parse_args(argv=None):
@@ -309,18 +426,26 @@ def parse_args(argv=None):
 
 # %% ../nbs/20_reproduce.ipynb #017c95ba
 def main(argv=None):
-    "Entry point of `hvr-reproduce`; exits non-zero if any notebook failed."
+    "Entry point of `hvr-reproduce`; exits non-zero if any notebook failed or the run was stopped."
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--one"]:  # internal: run one notebook in this child process
         nb, out_nb, params, res_dir, rec_path = argv[1:6]
+        if len(argv) > 6: _watch_parent(int(argv[6]))
         rec = _run_one(nb, out_nb, json.loads(params), Path(nb).parent, res_dir)
-        Path(rec_path).write_text(json.dumps(rec)); return 0
+        _write_json(rec_path, rec); return 0
     a = parse_args(argv)
+    sigs = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None and signal.getsignal(s) is not signal.SIG_IGN]
+    old = {s: signal.signal(s, _on_signal) for s in sigs} if threading.current_thread() is threading.main_thread() else {}
     try:
         report, statuses = reproduce(a.profile, a.nbs, a.out, a.only, a.skip, a.data_root, a.resume, a.force,
                                      dict(a.param))
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, OutputFolderLocked) as e:
         print(f"hvr-reproduce: {e}", file=sys.stderr); return 2
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP through `_on_signal`
+        with contextlib.suppress(OSError): print(f"hvr-reproduce: {e or 'stopped by SIGINT'}", file=sys.stderr)
+        return 128 + getattr(e, "signum", int(signal.SIGINT))
+    finally:
+        for s, h in old.items(): signal.signal(s, h)
     failed = [s["notebook"] for s in statuses if s["status"] != "ok"]
     print(f"report: {report}")
     if failed: print(f"failed: {', '.join(failed)} (rerun with --out {report.parent} --resume)", file=sys.stderr)

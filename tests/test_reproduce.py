@@ -105,3 +105,177 @@ def test_read_table_flattens_two_header_levels(tmp_path):
     assert list(read_table(tmp_path/"t.csv").columns) == ["mean a", "mean b", "std a", "std b"]
     assert read_table(tmp_path/"t.csv").loc["x", "std b"] == 2.0
     assert read_table(tmp_path/"s.csv").equals(pd.read_csv(tmp_path/"s.csv", index_col=0))
+
+
+# Reliability drills (issue 17): the runner stopped in the middle of a notebook, two runners on one folder, status files
+# written atomically. The fixture notebooks are tiny; the slow one sleeps until the test stops the runner.
+import os, signal, time
+import psutil
+
+SLOW_NB = ("import os, time\nopen({marks!r}, 'a').write('{n}')\nopen({pid!r}, 'w').write(str(os.getpid()))\n"
+           "if not os.path.exists({fast!r}): time.sleep(300)")
+TABLE_NB = ("import pandas as pd\nfrom hvr_nbs.core import log_result\nopen({marks!r}, 'a').write('{n}')\n"
+            "log_result('table_{n}', pd.DataFrame({{'acc': [0.{n}]}}, index=['ours']), profile=profile)")
+
+
+def drill_nbs(tmp_path, *kinds):
+    "Notebooks 01, 02, ... of the given kinds ('table' or 'slow') in tmp_path/nbs, and the paths they write to."
+    d, f = tmp_path/"nbs", dict(marks=str(tmp_path/"marks"), pid=str(tmp_path/"kernel.pid"), fast=str(tmp_path/"fast"))
+    d.mkdir()
+    for n, kind in enumerate(kinds, 1):
+        make_nb(d/f"0{n}_{kind}.ipynb", (SLOW_NB if kind == "slow" else TABLE_NB).format(n=n, **f))
+    return d, {k: Path(v) for k, v in f.items()}
+
+
+def env(tmp_path):
+    return {**os.environ, "HVR_CACHE": str(tmp_path/"cache"), "HVR_RESULTS_DIR": str(tmp_path/"stray_results")}
+
+
+def default_signals():
+    for s in (signal.SIGINT, signal.SIGHUP): signal.signal(s, signal.SIG_DFL)
+
+
+STARTED = []
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_runners():
+    "A drill that fails half-way must not leave a runner and a sleeping kernel behind."
+    yield
+    from hvr_nbs.reproduce import _kill_tree
+    while STARTED:
+        p = STARTED.pop()
+        if p.poll() is None: _kill_tree(p.pid); p.communicate()
+
+
+def start(tmp_path, *args):
+    "hvr-reproduce in the background, with the default SIGINT and SIGHUP actions even if this test runs with them ignored."
+    p = subprocess.Popen([str(BIN), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env(tmp_path), preexec_fn=default_signals)
+    STARTED.append(p)
+    return p
+
+
+def wait_for(cond, what, proc=None, timeout=120):
+    t0 = time.time()
+    while not cond():
+        if proc is not None and proc.poll() is not None: raise AssertionError(f"runner ended before {what}: {proc.communicate()}")
+        if time.time() - t0 > timeout: raise AssertionError(f"no {what} after {timeout} s")
+        time.sleep(0.1)
+
+
+def status(out):
+    p = out/"status.json"
+    try: return json.loads(p.read_text()) if p.exists() else {}
+    except ValueError: return {}  # never happens with atomic writes; the asserts below would then fail
+
+
+def wait_running(proc, out, nb, f):
+    "Poll until the runner has recorded `nb` as running and its kernel is executing the slow cell; the kernel's pid."
+    wait_for(lambda: status(out).get(nb, {}).get("status") == "running" and f["pid"].exists() and f["pid"].read_text(),
+             f"{nb} running", proc)
+    return int(f["pid"].read_text())
+
+
+def gone(pid):
+    try: return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess: return True
+
+
+def test_sigkill_mid_notebook_then_resume_runs_exactly_the_rest(tmp_path):
+    nbs, f = drill_nbs(tmp_path, "table", "slow", "table")
+    out = tmp_path/"run"
+    a = start(tmp_path, "--nbs", nbs, "--out", out)
+    kernel = wait_running(a, out, "02_slow", f)
+    before = status(out)["01_table"]
+    kept = {p: p.read_bytes() for p in [out/"01_table.ipynb", *sorted((out/"results"/"01_table").iterdir())]}
+    a.kill(); a.communicate(timeout=30)
+    wait_for(lambda: gone(kernel), "end of the orphaned kernel", timeout=15)    # the child took its kernel down
+    st = status(out)
+    assert st["01_table"] == before and st["02_slow"]["status"] == "running" and "03_table" not in st
+    assert all(p.read_bytes() == b for p, b in kept.items()) and len(kept) == 3  # notebook, table csv + json
+    f["fast"].touch()
+    r = subprocess.run([str(BIN), "--nbs", nbs, "--out", out, "--resume"], capture_output=True, text=True,
+                       env=env(tmp_path), timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "interrupted in the earlier run, running again: 02_slow" in r.stdout + r.stderr
+    st = status(out)
+    assert st["01_table"] == before and {k: v["status"] for k, v in st.items()} == dict.fromkeys(["01_table", "02_slow", "03_table"], "ok")
+    assert f["marks"].read_text() == "1223"                                   # 01 and 03 once, 02 again after the kill
+    assert all(p.read_bytes() == b for p, b in kept.items())
+    md = (out/"report.md").read_text()
+    assert md.count("#### table_1") == 1 and md.count("#### table_3") == 1 and "| ours | 0.1 |" in md and "| ours | 0.3 |" in md
+    assert not [p for p in out.rglob("*.tmp")]                                 # no half-written status file left
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_sigterm_ctrl_c_and_hangup_record_interrupted_and_say_how_to_resume(tmp_path, sig):
+    nbs, f = drill_nbs(tmp_path, "slow", "table")
+    out = tmp_path/"run"; out.mkdir()
+    (out/"status.json").write_text(json.dumps({"02_table": {"notebook": "02_table", "status": "ok"}}))  # an older run's
+    a = start(tmp_path, "--nbs", nbs, "--out", out)                               # a fresh run (no --resume) drops it
+    kernel = wait_running(a, out, "01_slow", f)
+    a.send_signal(sig)
+    _, err = a.communicate(timeout=60)
+    assert a.returncode == 128 + sig, err
+    assert f"stopped by {sig.name} while 01_slow ran (recorded as interrupted)" in err and f"--out {out} --resume" in err
+    assert "Traceback" not in err
+    st = status(out)
+    assert st["01_slow"]["status"] == "interrupted" and st["01_slow"]["error"] == f"stopped by {sig.name}" and "02_table" not in st
+    md = (out/"report.md").read_text()
+    assert "| 01_slow | interrupted |" in md and "| 02_table | not reached |" in md
+    wait_for(lambda: gone(kernel), "end of the kernel", timeout=15)
+    assert not f["marks"].read_text().count("2")                               # 02 never started
+    assert not (out/".hvr-reproduce.holder.json").exists()                     # the lock was let go
+
+
+def test_second_runner_on_the_same_folder_refuses_and_a_killed_one_does_not_block(tmp_path):
+    nbs, f = drill_nbs(tmp_path, "slow")
+    out = tmp_path/"run"
+    a = start(tmp_path, "--nbs", nbs, "--out", out)
+    kernel = wait_running(a, out, "01_slow", f)
+    mine = ["status.json", "manifest.json", ".hvr-reproduce.holder.json"]
+    files = lambda: sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    snap = files(), {n: (out/n).read_bytes() for n in mine}
+    b = subprocess.run([str(BIN), "--nbs", nbs, "--out", out, "--resume"], capture_output=True, text=True, env=env(tmp_path), timeout=60)
+    assert b.returncode == 2 and "Traceback" not in b.stderr, b.stderr
+    assert f"another hvr-reproduce is writing to {out} (pid {a.pid} on " in b.stderr and str(out/".hvr-reproduce.lock") in b.stderr
+    assert (files(), {n: (out/n).read_bytes() for n in mine}) == snap           # nothing written, nothing overwritten
+    assert a.poll() is None and status(out)["01_slow"]["status"] == "running"  # the first run goes on
+    a.kill(); a.communicate(timeout=30)
+    wait_for(lambda: gone(kernel), "end of the orphaned kernel", timeout=15)
+    f["fast"].touch()
+    c = subprocess.run([str(BIN), "--nbs", nbs, "--out", out, "--resume"], capture_output=True, text=True, env=env(tmp_path), timeout=300)
+    assert c.returncode == 0, c.stderr                                       # the dead runner's lock went with it
+    assert status(out)["01_slow"]["status"] == "ok"
+
+
+def test_corrupt_status_file_is_named_and_nothing_is_written(tmp_path):
+    nbs, f = drill_nbs(tmp_path, "table")
+    out = tmp_path/"run"; out.mkdir()
+    (out/"status.json").write_text('{"01_table": {"notebook": "01_table", "sta')
+    r = run("--nbs", nbs, "--out", out, "--resume")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"The status file {out/'status.json'} is corrupt" in r.stderr
+    assert (out/"status.json").read_text() == '{"01_table": {"notebook": "01_table", "sta'
+    assert not (out/"manifest.json").exists() and not f["marks"].exists()
+
+
+WRITER = """
+import sys, itertools
+from hvr_nbs.reproduce import _write_json
+for i in itertools.count():
+    _write_json(sys.argv[1], {"n": i, "pad": list(range(200_000))})
+    if i == 0: print("first", flush=True)
+"""
+
+
+def test_status_writes_survive_sigkill(tmp_path):
+    "SIGKILL a process that rewrites a large status file in a loop: whenever it dies, the file is whole."
+    p = tmp_path/"status.json"
+    for delay in [0.05, 0.13, 0.21, 0.34, 0.55]:
+        w = subprocess.Popen([sys.executable, "-c", WRITER, str(p)], stdout=subprocess.PIPE, text=True)
+        assert w.stdout.readline() == "first\n"
+        time.sleep(delay); w.kill(); w.wait(); w.stdout.close()
+        rec = json.loads(p.read_text())
+        assert rec["pad"][-1] == 199_999 and rec["n"] >= 0
