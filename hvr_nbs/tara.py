@@ -16,10 +16,10 @@ from .core import get_profile, in_test, log_result, run_dir
 from .runs import PaperSetting, paper_profile, trainer_settings, settings_table, check_settings, train_and_evaluate, learning_records, paper_cli, cli_profile
 
 # %% auto #0
-__all__ = ['NO_THINKING', 'OPEN_QUESTION', 'CHOICE_QUESTION', 'LEVEL_WEIGHTS', 'SMOKE_OVERRIDES', 'METHODS', 'PAPER_SETTINGS',
-           'tara_questions', 'tara_projector', 'match_length', 'visual_alignment_loss', 'label_alignment_loss',
-           'layer_module', 'TARATrainer', 'tara_evaluator', 'tara_recipe', 'tara_data', 'run_method', 'run_experiment',
-           'paper_table', 'results_table', 'main']
+__all__ = ['NO_THINKING', 'OPEN_QUESTION', 'CHOICE_QUESTION', 'LEVEL_WEIGHTS', 'SMOKE_OVERRIDES', 'SMOKE_BASE', 'METHODS',
+           'PAPER_SETTINGS', 'tara_questions', 'tara_projector', 'match_length', 'visual_alignment_loss',
+           'label_alignment_loss', 'layer_module', 'TARATrainer', 'tara_evaluator', 'tara_recipe', 'tara_data',
+           'run_method', 'run_experiment', 'paper_table', 'results_table', 'main']
 
 # %% ../nbs/14_tara.ipynb #ba26ae10
 NO_THINKING = "{question} Please directly output the answer."  # Sec. 3.2: the No-Thinking RFT instruction
@@ -70,9 +70,10 @@ def tara_questions(images,  # labelled images: 'image' and one column per rank (
     return hfds.Dataset.from_list(rows)
 
 # %% ../nbs/14_tara.ipynb #79c1ab4a
-SMOKE_OVERRIDES = dict(train__learning_rate=1e-3, train__grpo_steps=120, train__per_device_batch=32, train__num_generations=8,
+SMOKE_OVERRIDES = dict(train__learning_rate=3e-4, train__grpo_steps=300, train__per_device_batch=128, train__num_generations=8,
                        train__temperature=1.0, train__max_completion_length=12, train__beta=0.0,
                        train__seeds=(0, 1, 2), eval__max_new_tokens=12)  # the smoke learning-check recipe (see below)
+SMOKE_BASE = dict(leaf_open_share=0.2)  # `warm_start_base` options of the smoke start: a base that rarely says the species
 
 # %% ../nbs/14_tara.ipynb #6bc994f2
 def tara_projector(d_in: int,  # the LLM's hidden size
@@ -294,8 +295,8 @@ def tara_recipe(prof):  # a `Profile`
         t = trainer_settings(PAPER_SETTINGS, "tara"); d = trainer_settings(PAPER_SETTINGS, "data")
         return dict(grpo=dict(trainer_settings(PAPER_SETTINGS, "grpo"), max_steps=-1),
                     tara=t, data=d)
-    return dict(grpo={}, data=dict(image_size=prof.world.image_size, shots=1 if in_test() else 8, form="open",
-                                   level_weights="order:family:genus:species = 1:1:1:1", ),
+    return dict(grpo={}, data=dict(image_size=prof.world.image_size, shots=1 if in_test() else 4, form="open",
+                                   level_weights="order:family:genus:species = 1:2:4:8"),
                 tara=dict(weights="0.5 / 0.5", visual_layer=None, text_layer=-1, visual_feature="all", text_feature="answer_first",
                           projector_hidden=256, projector_lr_mult=10.0))
 
@@ -453,7 +454,7 @@ def main(argv=None):  # command-line arguments (default sys.argv[1:])
     elif prof.name == "paper": base = prof.model.vlm
     else:
         from hvr_nbs.training import warm_start_base
-        base = warm_start_base(prof).path
+        base = warm_start_base(prof, **(SMOKE_BASE if prof.name == "smoke" else {})).path
     teacher = load_encoder(prof.model.teacher, profile=prof) if "tara" in methods else None
     data = tara_data(prof, seed=seeds[0])
     exp = run_experiment(prof, base, data, teacher, methods=methods, seeds=seeds, out_dir=args.out, keep_models=False)

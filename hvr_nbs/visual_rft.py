@@ -54,11 +54,11 @@ PAPER_SETTINGS = [
 
 # %% ../nbs/11_visual_rft.ipynb #a0d8b6b6
 SMOKE_RECIPE = dict(
-    train__learning_rate=1e-3,  # sized to a 215k-parameter model (5e-5 moved nothing in 60 steps)
+    train__learning_rate=3e-4,  # sized to a 215k-parameter model (5e-5 moved nothing; 1e-3 sharpened without gains)
     train__beta=0.0,  # no KL anchor: the rank asked is the rank scored
     train__per_device_batch=128,  # 16 prompts x G = 8 completions per step (8 prompts per step collapsed, see below)
     train__num_generations=8,  # the paper's G for classification
-    train__grpo_steps=60,  # 960 prompts, 2.5 epochs over 16 shots x 24 species (the paper: 1-2 epochs)
+    train__grpo_steps=150,  # 2,400 prompts, about 6 epochs over 16 shots x 24 species (the paper: 1-2 epochs of real data)
     train__temperature=1.0,  # the papers' rollout temperature; the short think sentence keeps the format intact at 1.0
     train__max_completion_length=24,  # one short think sentence and a binomial: about 20 tokens
     train__lr_scheduler="constant",
@@ -362,7 +362,7 @@ def visual_rft_data(prof,  # a `Profile`
     per_sp = max(1, math.ceil(prof.eval.n_eval / len(world.species)))
     keep = tuple(world.taxonomy.ranks[:-1])
     pool = cls_rows(world.dataset(max(shots), seed=1), "species", "animal", keep=keep)
-    test = cls_rows(world.dataset(per_sp, seed=2), "species", "animal", keep=keep)
+    test = cls_rows(world.dataset(per_sp, seed=12), "species", "animal", keep=keep)  # seed 2 was seen while choosing the recipe
     S = world.config.image_size
     det_pool = det_rows(world.dataset(max(4, max(shots) // 4), seed=3, n_objects=3), world.taxonomy, "order", S)
     det_test = det_rows(world.dataset(max(1, per_sp // 2), seed=4, n_objects=3), world.taxonomy, "order", S)
