@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #da017056
 from __future__ import annotations
-import os, sys, json, random, platform, subprocess, datetime, re
+import os, sys, json, random, platform, subprocess, datetime, re, difflib, numbers
 from dataclasses import dataclass, field, asdict, replace, fields, is_dataclass
 from pathlib import Path
 from importlib import metadata
@@ -114,19 +114,37 @@ PROFILES = {
 }
 
 # %% ../nbs/00_core.ipynb #d2e92dbd
-def _coerce(value, like):
-    "Convert a string override (from the command line or papermill) to the type of `like`."
-    if not isinstance(value, str) or isinstance(like, str) or like is None: return value
-    if isinstance(like, bool): return value.lower() in ("1", "true", "yes", "y")
-    if isinstance(like, int): return int(value)
-    if isinstance(like, float): return float(value)
-    if isinstance(like, tuple): return tuple(_coerce(v.strip(), like[0] if like else v) for v in value.split(",") if v.strip())
-    return value
+_TRUE, _FALSE = ("1", "true", "yes", "y", "on"), ("0", "false", "no", "n", "off")
+
+def _coerce(value, kind: str, like=None, key: str = "value"):
+    "`value` as the type `kind` names ('int', 'str | None', ...): strings (command line, papermill) are parsed; a misfit is a `ValueError` naming `key`."
+    kinds = [k.strip() for k in kind.split("|")]
+    base = next((k for k in kinds if k != "None"), "None")
+    def misfit(): return ValueError(f"Profile setting {key!r} expects {' or '.join(kinds)}, got {value!r}")
+    if value is None:
+        if "None" in kinds: return None
+        raise misfit()
+    if isinstance(value, str) and base != "str":
+        s = value.strip()
+        try:
+            if base == "bool" and s.lower() in _TRUE + _FALSE: return s.lower() in _TRUE
+            if base == "int": return int(s)
+            if base == "float": return float(s)
+            if base == "tuple":
+                return tuple(_coerce(v.strip(), type(like[0]).__name__ if like else "str", key=key) for v in s.split(",") if v.strip())
+        except ValueError: raise misfit() from None
+        raise misfit()
+    plain = not isinstance(value, (bool, np.bool_))
+    fits = {"bool": not plain, "int": plain and isinstance(value, numbers.Integral),
+            "float": plain and isinstance(value, numbers.Real), "str": isinstance(value, (str, os.PathLike)),
+            "tuple": isinstance(value, (tuple, list))}.get(base, type(value).__name__ == base)  # a section: its dataclass
+    if not fits: raise misfit()
+    return tuple(value) if base == "tuple" else value
 
 # %% ../nbs/00_core.ipynb #13048fa1
 def get_profile(name: str = "smoke",  # 'smoke', 'gpu-small' or 'paper'
                 **overrides):  # `field=value` or `section__field=value`, e.g. `train__learning_rate=1e-4`
-    "A fresh copy of the named profile with `overrides` applied."
+    "A fresh copy of the named profile with `overrides` applied (strings parsed; an unknown key or a wrong type is a `ValueError`)."
     if isinstance(name, Profile): prof = name
     elif name not in PROFILES:
         raise ValueError(f"Unknown profile {name!r}; valid profiles: {', '.join(PROFILES)}")
@@ -137,9 +155,14 @@ def get_profile(name: str = "smoke",  # 'smoke', 'gpu-small' or 'paper'
         section, _, attr = key.partition("__")
         target = getattr(prof, section, None) if attr else prof
         attr = attr or key
-        if target is None or not is_dataclass(target) or attr not in {f.name for f in fields(target)}:
-            raise ValueError(f"Unknown profile setting {key!r}")
-        setattr(target, attr, _coerce(value, getattr(target, attr)))
+        kinds = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in fields(target)} if is_dataclass(target) else {}
+        if attr not in kinds:
+            valid = [f.name for f in fields(prof)] + [f"{s}__{f.name}" for s in ("world", "model", "train", "eval")
+                                                      for f in fields(getattr(prof, s))]
+            close = difflib.get_close_matches(key, valid, n=1)
+            raise ValueError(f"Unknown profile setting {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                             + "; settings are a field of Profile or `section__field` with section world, model, train or eval")
+        setattr(target, attr, _coerce(value, kinds[attr], getattr(target, attr), key))
     return prof
 
 # %% ../nbs/00_core.ipynb #2700ae0c
@@ -280,13 +303,19 @@ def log_result(name: str,  # short identifier, e.g. 'taxonrl_table1'
                reference: pd.DataFrame | None = None,  # the paper's table, shown beside ours
                caption: str = "",  # one sentence saying what the table shows
                reference_source: str = "",  # e.g. 'TaxonRL paper, Table 1'
-               profile: str | None = None, model: str | None = None, data: str | None = None, device: str | None = None):
+               profile: str | None = None, model: str | None = None, data: str | None = None, device: str | None = None,
+               allow_empty: bool | None = None):  # a table without rows; None: only '*_collapse_check' (no rows = passed)
     "Save a result table (CSV + JSON metadata) for the report and return it for display."
     if not isinstance(df, pd.DataFrame): raise TypeError(f"log_result needs a pandas DataFrame, got {type(df).__name__}")
+    if reference is not None and not isinstance(reference, pd.DataFrame):
+        raise TypeError(f"log_result's reference must be a pandas DataFrame, got {type(reference).__name__}")
     if reference is not None and not reference_source:
         raise ValueError("A reference table must say where it comes from (reference_source='Paper, Table N').")
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")
     if not slug: raise ValueError("log_result needs a non-empty name")
+    if df.empty and not (slug.endswith("_collapse_check") if allow_empty is None else allow_empty):
+        raise ValueError(f"log_result: the table {name!r} is empty ({df.shape[0]} rows, {df.shape[1]} columns), so nothing was "
+                         "written; did a filter or a run produce nothing? (allow_empty=True logs a table whose result is no rows)")
     d = results_dir()
     df.to_csv(d/f"{slug}.csv")
     if reference is not None: reference.to_csv(d/f"{slug}.reference.csv")

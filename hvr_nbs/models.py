@@ -19,9 +19,10 @@ from .core import get_device, get_dtype, cache_dir, in_test, set_seed
 __all__ = ['QWEN_SPECIAL_TOKENS', 'QWEN2_VL_CHAT_TEMPLATE', 'QWEN3_VL_CHAT_TEMPLATE', 'RANK_WORDS', 'TINY_SIZES',
            'VLM_MODEL_TYPES', 'LM_PROJECTIONS', 'TINY_TEACHER_SIZES', 'ENCODER_ALIASES', 'vlm_corpus',
            'train_tokenizer', 'tiny_vlm_config', 'make_processor', 'make_tiny_vlm', 'parse_tiny_name',
-           'resolve_checkpoint', 'config_hash', 'cached_artifact', 'lora_config', 'set_trainable', 'count_parameters',
-           'load_vlm', 'TaxonEncoder', 'OpenCLIPEncoder', 'SiglipEncoder', 'TinyClip', 'TinyClipEncoder', 'taxon_text',
-           'rank_texts', 'train_tiny_clip', 'rank_zero_shot', 'tiny_teacher', 'load_encoder', 'plot_curve']
+           'resolve_checkpoint', 'safetensors_problems', 'config_hash', 'cached_artifact', 'lora_config',
+           'set_trainable', 'count_parameters', 'load_vlm', 'TaxonEncoder', 'OpenCLIPEncoder', 'SiglipEncoder',
+           'TinyClip', 'TinyClipEncoder', 'taxon_text', 'rank_texts', 'train_tiny_clip', 'rank_zero_shot',
+           'tiny_teacher', 'load_encoder', 'plot_curve']
 
 # %% ../nbs/04_models.ipynb #0d047876
 QWEN_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -270,6 +271,28 @@ def resolve_checkpoint(name_or_dir,  # local folder, hub id ('Qwen/Qwen2.5-VL-3B
     if _hub_offline(): raise _missing_checkpoint(name, " and the Hugging Face hub is offline (HF_HUB_OFFLINE=1)")
     return name
 
+# %% ../nbs/04_models.ipynb #b5b47cfb
+def _safetensors_problem(path):
+    "None when `path` is a complete safetensors file, else the reason."
+    from safetensors import safe_open
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 + n: return f"truncated: {size} bytes, shorter than its {n}-byte header"
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if size != 8 + n + end: return f"{'truncated' if size < 8 + n + end else 'wrong size'}: {size} bytes, the header describes {8 + n + end}"
+        with safe_open(str(path), framework="numpy") as f: f.keys()  # the library's own header validation
+    except Exception as e: return f"unreadable ({type(e).__name__}: {e})"
+    return None
+
+def safetensors_problems(folder):  # an artifact or checkpoint folder
+    "`{relative path: reason}` for every `*.safetensors` file under `folder` that is truncated or unreadable (headers only)."
+    folder = Path(folder)
+    found = {str(p.relative_to(folder)): _safetensors_problem(p) for p in sorted(folder.rglob("*.safetensors"))}
+    return {k: v for k, v in found.items() if v}
+
 # %% ../nbs/04_models.ipynb #4baa1ba9
 def config_hash(config) -> str:  # any JSON-serialisable config (dataclasses via `default=str`)
     "A short stable hash of `config`."
@@ -278,23 +301,31 @@ def config_hash(config) -> str:  # any JSON-serialisable config (dataclasses via
 def cached_artifact(kind: str,  # cache sub-folder, e.g. 'warm-start'
                     config,  # everything the artifact depends on (hashed into the folder name)
                     build,  # build(folder) writes the artifact into `folder`
-                    root=None):  # cache root; default `cache_dir(kind)`
-    "Build `config`'s artifact once under the cache (process-safe); return (folder, was_cached)."
+                    root=None,  # cache root; default `cache_dir(kind)`
+                    verify: bool = True):  # on a hit, check the `*.safetensors` files (`safetensors_problems`); rebuild a corrupt one
+    "Build `config`'s artifact once under the cache (process-safe, checked on every hit); return (folder, was_cached)."
     root = Path(root) if root is not None else cache_dir(kind)
     root.mkdir(parents=True, exist_ok=True)
     final = root/config_hash(config)
-    if (final/"DONE").exists(): return final, True
+    if (final/"DONE").exists() and not (verify and safetensors_problems(final)): return final, True
     with FileLock(str(final) + ".lock"):
-        if (final/"DONE").exists(): return final, True
-        tmp = root/f"{final.name}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir()
+        if (final/"DONE").exists():
+            bad = safetensors_problems(final) if verify else {}
+            if not bad: return final, True  # another process built (or rebuilt) it while we waited
+            warnings.warn(f"The cached {kind!r} artifact {final} is corrupt, rebuilding it: "
+                          + "; ".join(f"{f} is {why}" for f, why in bad.items()), RuntimeWarning, stacklevel=2)
+            (final/"DONE").unlink()  # not finished any more: a failed rebuild leaves it unusable, never returned
+        for old in root.glob(f"{final.name}.tmp*"): shutil.rmtree(old, ignore_errors=True)  # left by killed builds (we hold the lock)
+        tmp = root/f"{final.name}.tmp{os.getpid()}"; tmp.mkdir()
         try:
             build(tmp)
+            bad = safetensors_problems(tmp)
+            if bad: raise RuntimeError(f"Building the {kind!r} artifact wrote corrupt file(s): {bad}")
             (tmp/"hvr_config.json").write_text(json.dumps(config, indent=1, sort_keys=True, default=str))
+            (tmp/"DONE").write_text(time.strftime("%Y-%m-%d %H:%M:%S"))  # marked first, then renamed into place at once
             if final.exists(): shutil.rmtree(final)
             tmp.rename(final)
         finally: shutil.rmtree(tmp, ignore_errors=True)
-        (final/"DONE").write_text(time.strftime("%Y-%m-%d %H:%M:%S"))
     return final, False
 
 # %% ../nbs/04_models.ipynb #7f58e79f
@@ -334,6 +365,24 @@ def count_parameters(model):  # any torch module
     return dict(total=tot, trainable=tr, vision=vis, language=tot - vis)
 
 # %% ../nbs/04_models.ipynb #5dc328f6
+def _check_weights(folder):
+    "Raise a clear error when the checkpoint `folder` lacks complete safetensors weights."
+    index = folder/"model.safetensors.index.json"
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        missing = [s for s in shards if not (folder/s).is_file()]
+        if missing: raise FileNotFoundError(f"Checkpoint {folder} lacks {len(missing)} of the {len(shards)} weight shards listed in "
+                                            f"{index.name}: {', '.join(missing)} (an unfinished download or copy?)")
+        files = [folder/s for s in shards]
+    else:
+        files = sorted(folder.glob("*.safetensors"))
+        if not files: raise FileNotFoundError(
+            f"Checkpoint {folder} has no weights: no model.safetensors (nor model.safetensors.index.json and its shards); "
+            f"it holds {', '.join(sorted(p.name for p in folder.iterdir()))}. An unfinished download or copy, or a config-only folder?")
+    bad = {f.name: why for f in files if (why := _safetensors_problem(f))}
+    if bad: raise OSError(f"Checkpoint {folder} has corrupt weights: " + "; ".join(f"{k} is {v}" for k, v in bad.items())
+                          + ". Download or copy it again.")
+
 def load_vlm(name_or_dir,  # local folder, hub id ('Qwen/Qwen2.5-VL-3B-Instruct'), or 'tiny-<arch>[-<size>]'
              dtype="auto",  # 'auto' (bf16 on CUDA, fp32 on CPU), a torch dtype, or its name
              device=None,  # torch device; default `get_device()`
@@ -355,6 +404,7 @@ def load_vlm(name_or_dir,  # local folder, hub id ('Qwen/Qwen2.5-VL-3B-Instruct'
         raise
     if cfg.model_type not in VLM_MODEL_TYPES:
         raise ValueError(f"{name_or_dir!r} is a {cfg.model_type!r} model; load_vlm supports {', '.join(VLM_MODEL_TYPES)}")
+    if isinstance(src, Path): _check_weights(src)  # before transformers' own, vaguer error
     device = torch.device(device) if device is not None else get_device()
     if isinstance(dtype, str): dtype = get_dtype(device, dtype)
     mkw = dict(kw, dtype=dtype, use_safetensors=True)
