@@ -39,6 +39,18 @@ class CorruptImageError(ValueError):
 # %% ../nbs/03a_loaders.ipynb #f35cd6f5
 _CHECKS = ("exists", "open", "decode")
 
+_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}  # EOI marker; IEND chunk type + its CRC
+
+def _ends_with_marker(path, fmt):
+    "True when the file of format `fmt` ends in its end marker (or `fmt` has none we know of); reads a few bytes."
+    m = _END_MARKERS.get(fmt)
+    if m is None: return True
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() < len(m): return False
+        f.seek(-len(m), os.SEEK_END)
+        return f.read() == m
+
 def _image_problem(path, check):
     "None when `path` is a readable image under `check`, else the reason."
     if not os.path.isfile(path): return "missing"
@@ -46,12 +58,17 @@ def _image_problem(path, check):
     try:
         with PILImage.open(path) as im:
             if check == "decode": im.load()
-            else: im.verify()
+            else:
+                fmt = im.format
+                im.verify()
+        # 'open': a JPEG/PNG without its end marker is cut short or has trailing bytes; decode that one file to tell which
+        if check == "open" and not _ends_with_marker(path, fmt):
+            with PILImage.open(path) as im: im.load()
     except Exception as e: return f"unreadable ({type(e).__name__}: {e})"
     return None
 
 def find_bad_images(paths,  # image file paths
-                    check:str="open",  # 'exists', 'open' (open + verify) or 'decode' (full decode)
+                    check:str="open",  # 'exists', 'open' (open + verify + end marker) or 'decode' (full decode)
                     workers:int=8):  # threads
     "`[(path, reason), ...]` for every path that is missing or cannot be read as an image."
     if check not in _CHECKS: raise ValueError(f"check must be one of {_CHECKS}, got {check!r}")

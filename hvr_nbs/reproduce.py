@@ -15,7 +15,7 @@ from .core import PROFILES, get_profile, write_manifest, device_info
 # %% auto #0
 __all__ = ['PAPER_DATASETS', 'default_nbs_dir', 'notebook_sequence', 'check_paper_data', 'read_status', 'run_notebook',
            'read_table', 'collect_results', 'write_report', 'OutputFolderLocked', 'out_lock', 'RunInterrupted',
-           'reproduce', 'parse_args', 'main']
+           'check_params', 'reproduce', 'parse_args', 'main']
 
 # %% ../nbs/20_reproduce.ipynb #29acd829
 def default_nbs_dir():
@@ -351,6 +351,35 @@ def _should_run(rec,  # the notebook's record in `status.json`, None if it never
     "Whether a notebook runs: always, except with `resume` and without `force` when its record says it finished ok."
     return force or not resume or (rec or {}).get("status") != "ok"
 
+# %% ../nbs/20_reproduce.ipynb #b4db82e0
+def _declared_params(nb_path):  # a notebook
+    "Names its `parameters` cell declares, as `papermill.inspect_notebook` finds them; a notebook naming no kernel is read as python3, the kernel the runner gives it."
+    import nbformat
+    from papermill.translators import papermill_translators
+    nb = nbformat.read(str(nb_path), as_version=4)
+    cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
+    if cell is None: return []
+    ks = nb.metadata.get("kernelspec", {})
+    language = ks.get("language") or nb.metadata.get("language_info", {}).get("name") or "python"
+    return [p.name for p in papermill_translators.find_translator(ks.get("name") or "python3", language).inspect(cell)]
+
+def check_params(params,  # the extra papermill parameters, {key: value}
+                 notebooks):  # the notebooks that will run
+    "`{key: [notebooks declaring it]}` for `params`; a `ValueError` naming any key no notebook in `notebooks` declares."
+    if not params: return {}
+    import difflib
+    declared = {}
+    for nb in notebooks:
+        for k in _declared_params(nb): declared.setdefault(k, []).append(Path(nb).stem)
+    unknown = [k for k in params if k not in declared]
+    if unknown:
+        hint = lambda k: "".join(f" (did you mean {m!r}?)" for m in difflib.get_close_matches(k.split("__")[-1], list(declared), n=1))
+        raise ValueError(f"Unknown parameter{'s' if len(unknown) > 1 else ''} {', '.join(repr(k) + hint(k) for k in unknown)}: no notebook "
+                         f"to run declares {'it' if len(unknown) == 1 else 'them'} in its `parameters` cell, so papermill "
+                         f"would inject {'it' if len(unknown) == 1 else 'them'} and nothing would read {'it' if len(unknown) == 1 else 'them'}. "
+                         f"Known parameters of these notebooks: {', '.join(sorted(declared)) or 'none'}.")
+    return {k: declared[k] for k in params}
+
 # %% ../nbs/20_reproduce.ipynb #5716007e
 def reproduce(profile: str = "smoke",  # run profile
               nbs_dir=None,  # notebooks folder (default: this checkout's nbs/)
@@ -365,6 +394,7 @@ def reproduce(profile: str = "smoke",  # run profile
     nbs_dir = Path(nbs_dir) if nbs_dir else default_nbs_dir()
     nbs = notebook_sequence(nbs_dir, only, skip)
     if profile == "paper": check_paper_data(data_root, nbs)
+    check_params(params, nbs)  # a -p key no notebook declares -> clear error before anything runs
     if resume and out is None: raise ValueError("--resume needs --out pointing at the earlier run's folder")
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(out) if out else nbs_dir.resolve().parent/"runs"/f"{profile}-{stamp}"
@@ -421,7 +451,8 @@ def parse_args(argv=None):
     ap.add_argument("--resume", action="store_true", help="skip notebooks that completed in --out")
     ap.add_argument("--force", action="store_true", help="with --resume, run completed notebooks again")
     ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                    help="extra papermill parameter, e.g. -p train__grpo_steps 50")
+                    help="extra papermill parameter, passed to every notebook; some notebook to run must declare KEY in its "
+                         "`parameters` cell, e.g. -p grpo_steps 50")
     return ap.parse_args(argv)
 
 # %% ../nbs/20_reproduce.ipynb #017c95ba

@@ -163,6 +163,18 @@ def _default_ranks(depth):
     if depth not in std: raise TaxonomyError(f"Cannot infer rank names for paths of length {depth}; pass ranks=")
     return list(std[depth])
 
+def _duplicate_key_hook(problems):
+    "An `object_pairs_hook` for `json.loads` that records in `problems` each leaf listed twice with different paths."
+    def hook(pairs):
+        d = {}
+        for k, v in pairs:
+            if k in d and d[k] != v:
+                show = lambda x: _fmt(x) if isinstance(x, list) else repr(x)
+                problems.append(f"leaf {k!r} is listed twice, with different paths: {show(d[k])}  vs  {show(v)}")
+            else: d.setdefault(k, v)
+        return d
+    return hook
+
 @patch(cls_method=True)
 def from_json(cls:Taxonomy,
               path,  # JSON file holding {leaf: [root, ..., leaf]}
@@ -171,8 +183,10 @@ def from_json(cls:Taxonomy,
     "Load a `{leaf: path}` JSON file (the format of `hvr_nbs/taxonomies/*.json`)."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"Taxonomy file not found: {path}")
-    try: data = json.loads(path.read_text(encoding="utf-8"))
+    problems = []
+    try: data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_duplicate_key_hook(problems))
     except json.JSONDecodeError as e: raise TaxonomyError(f"{path} is not valid JSON: {e}") from None
+    _raise_problems(problems, str(path))
     if not isinstance(data, dict) or not data:
         raise TaxonomyError(f"{path}: expected a non-empty JSON object {{leaf: [path...]}}, got {type(data).__name__}")
     if ranks is None: ranks = _default_ranks(max(len(v) for v in data.values()))

@@ -112,8 +112,6 @@ def test_slightly_truncated_image_is_named_by_the_decode_check(tmp_path):
         load_cub(root, check="decode")
 
 
-@pytest.mark.xfail(strict=True, reason="loaders' default check='open' (PIL verify) passes a JPEG missing its last bytes; "
-                                       "it fails later, at decode, with an OSError that names no file (report: issue 17)")
 def test_slightly_truncated_image_is_named_by_the_default_check(tmp_path):
     from hvr_nbs.loaders import load_cub, CorruptImageError
     root, img = _truncated_cub(tmp_path, lambda n: 10)
@@ -132,8 +130,6 @@ def test_taxonomy_with_two_parents_is_named(tmp_path, rows, named):
         Taxonomy.from_table(f)
 
 
-@pytest.mark.xfail(strict=True, reason="Taxonomy.from_json reads a species listed twice (two parents) with json.loads, "
-                                       "which keeps the last entry silently (report: issue 17)")
 def test_taxonomy_json_with_a_species_listed_twice_is_named(tmp_path):
     from hvr_nbs.taxonomy import Taxonomy, TaxonomyError
     f = tmp_path/"taxonomy.json"
@@ -180,8 +176,6 @@ def test_paper_cli_set_with_unknown_key_or_wrong_type_is_named(tmp_path, kv, nam
     assert _listing(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="hvr-reproduce passes -p KEY VALUE to papermill, which injects a parameter no "
-                                       "notebook reads and runs on (report: issue 17)")
 def test_reproduce_param_with_unknown_key_is_named(tmp_path):
     import nbformat
     from hvr_nbs.reproduce import reproduce
