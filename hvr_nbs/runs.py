@@ -129,14 +129,14 @@ def train_and_evaluate(method: str,  # the method's name (run folder, 'method' c
     logs, trainer, t0, load_kw = [], None, time.perf_counter(), dict(load_kw or {})
     if sft:
         kw = dict(sft); rows, cls = kw.pop("dataset"), kw.pop("trainer_cls", None)
-        conf = sft_config(prof, out/"_sft", **{"seed": seed, "disable_tqdm": quiet, **kw})
+        conf = sft_config(prof, out/"_sft", **{"seed": seed, "disable_tqdm": quiet, "report_to": "tensorboard", **kw})
         with mute(): trainer = train_sft(str(start), None, rows, conf, **({"trainer_cls": cls} if cls else {}), **load_kw)
         logs.append(log_frame(trainer).reset_index().assign(phase="sft"))
         if grpo: start = save_checkpoint(trainer, out/"sft-model")
     if grpo:
         kw = dict(grpo); rows, funcs = kw.pop("dataset"), kw.pop("reward_funcs")
         cls, tkw = kw.pop("trainer_cls", None), kw.pop("trainer_kw", {})
-        conf = grpo_config(prof, out/"_grpo", **{"seed": seed, "disable_tqdm": quiet, **kw})
+        conf = grpo_config(prof, out/"_grpo", **{"seed": seed, "disable_tqdm": quiet, "report_to": "tensorboard", **kw})
         with mute(): trainer = train_grpo(str(start), None, rows, funcs, conf, **({"trainer_cls": cls} if cls else {}), **tkw, **load_kw)
         logs.append(log_frame(trainer).reset_index().assign(phase="grpo"))
     t_train = time.perf_counter() - t0
@@ -159,7 +159,9 @@ def train_and_evaluate(method: str,  # the method's name (run folder, 'method' c
     df.insert(0, "method", method); df.insert(1, "seed", seed)
     df.to_csv(out/"completions.csv", index=False)
     if len(log): log.to_csv(out/"train_log.csv", index=False)
-    for d in ("_sft", "_grpo"): shutil.rmtree(out/d, ignore_errors=True)
+    for d in ("_sft", "_grpo"):
+        if (out/d/"runs").is_dir(): shutil.copytree(out/d/"runs", out/"tensorboard"/d[1:], dirs_exist_ok=True)  # event files kept
+        shutil.rmtree(out/d, ignore_errors=True)
     secs = dict(train=round(t_train, 2), evaluate=round(t_eval, 2))
     write_manifest(out, prof, method=method, seed=seed, start=str(start), seconds=secs, metrics=metrics,
                    sft={k: v for k, v in (sft or {}).items() if k != "dataset"} or None,
