@@ -567,7 +567,7 @@ DIAGNOSTICS = {  # TRL 1.16 GRPO log column -> axis label; reward components (`r
 # %% ../nbs/08_evaluation.ipynb #4c48ea89
 def plot_diagnostics(logs,  # TRL log frames (`training.log_frame`) concatenated with `hue` (and 'seed') columns, or {label: frame}
                      hue: str | None = "method",  # column drawn as separate lines
-                     quantities: list[str] | None = None,  # log columns to draw; None: reward components + `DIAGNOSTICS`
+                     quantities: list[str] | None = None,  # log columns to draw; None: reward components, held-out probes, `DIAGNOSTICS`
                      ncols: int = 4,  # panels per row
                      title: str = ""):  # figure title
     "One small panel per logged quantity against the step, a line per `hue`, seeds as a band (mean +- sd); returns the Figure."
@@ -579,7 +579,8 @@ def plot_diagnostics(logs,  # TRL log frames (`training.log_frame`) concatenated
     df = logs.reset_index() if "step" in (logs.index.names or []) else logs.copy()
     if quantities is None:
         comps = sorted(c for c in df.columns if re.fullmatch(r"rewards/.+/mean", str(c)))
-        quantities = ["reward", *comps, *[q for q in DIAGNOSTICS if q != "reward"]]
+        held = sorted(c for c in df.columns if str(c).startswith("held-out/"))  # `runs.HeldOutProbe` values
+        quantities = ["reward", *comps, *held, *[q for q in DIAGNOSTICS if q != "reward"]]
     qs = [q for q in quantities if q in df and "step" in df and pd.to_numeric(df[q], errors="coerce").notna().any()]
     hue = hue if hue in df else None
     order = list(df[hue].dropna().unique()) if hue else None

@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
 import pandas as pd
+from transformers import TrainerCallback
 from .core import get_profile, set_seed, run_dir, write_manifest, in_test, notebook_setup
 
 # %% auto #0
 __all__ = ['PaperSetting', 'paper_profile', 'trainer_settings', 'settings_table', 'check_settings', 'RunResult',
-           'save_checkpoint', 'train_and_evaluate', 'learning_records', 'paper_cli', 'cli_profile']
+           'save_checkpoint', 'HeldOutProbe', 'train_and_evaluate', 'learning_records', 'paper_cli', 'cli_profile']
 
 # %% ../nbs/08a_runs.ipynb #4784f472
 class PaperSetting(NamedTuple):
@@ -93,6 +94,32 @@ def save_checkpoint(trainer,  # a finished TRL trainer
     trainer.processing_class.save_pretrained(str(out_dir))
     return out_dir
 
+# %% ../nbs/08a_runs.ipynb #a1d14653
+class HeldOutProbe(TrainerCallback):
+    "A callback that scores `fn(model, processor) -> {metric: value}` before the first step, every `every` steps and after the last."
+    def __init__(self, fn: Callable,  # the probe: a small held-out evaluation returning floats
+                 every: int):  # optimiser steps between probes
+        if every < 1: raise ValueError(f"HeldOutProbe: every must be >= 1 step, got {every}")
+        self.fn, self.every, self.rows = fn, int(every), []  # rows: step + 'held-out/<metric>' per probe
+
+    def _probe(self, state, model, processor):
+        import random, numpy as np, torch
+        states = random.getstate(), np.random.get_state()
+        was = model.training; model.eval()
+        try:  # the probe's sampling draws from its own stream: training is the same with or without it
+            with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))), torch.no_grad():
+                m = self.fn(model, processor)
+        finally:
+            model.train(was); random.setstate(states[0]); np.random.set_state(states[1])
+        self.rows.append({"step": state.global_step, **{f"held-out/{k}": float(v) for k, v in m.items()}})
+
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kw):
+        if state.is_world_process_zero: self._probe(state, model, processing_class)
+
+    def on_step_end(self, args, state, control, model=None, processing_class=None, **kw):
+        due = state.global_step % self.every == 0 or state.global_step >= state.max_steps
+        if due and state.is_world_process_zero: self._probe(state, model, processing_class)
+
 # %% ../nbs/08a_runs.ipynb #46a91eaf
 def _dist_state():
     "accelerate's process state when several processes run, else None."
@@ -118,6 +145,8 @@ def train_and_evaluate(method: str,  # the method's name (run folder, 'method' c
                        load_kw: dict | None = None,  # `load_vlm` options for training (lora=..., freeze_vision=...)
                        keep_model: bool = False,  # keep the trained checkpoint in the run folder
                        quiet: bool = True,  # keep TRL's per-step prints out of the output (they are in train_log.csv)
+                       probe: Callable | None = None,  # (model, processor) -> {metric: value} on held-out rows, during GRPO
+                       probe_every: int = 0,  # optimiser steps between probes (0: none); also before the first step and after the last
                        **manifest):  # extra manifest fields
     "Train `method` from `start` (SFT, then GRPO, either optional), evaluate on the main process, write the run folder."
     from hvr_nbs.training import train_sft, train_grpo, sft_config, grpo_config, log_frame
@@ -137,8 +166,12 @@ def train_and_evaluate(method: str,  # the method's name (run folder, 'method' c
         kw = dict(grpo); rows, funcs = kw.pop("dataset"), kw.pop("reward_funcs")
         cls, tkw = kw.pop("trainer_cls", None), kw.pop("trainer_kw", {})
         conf = grpo_config(prof, out/"_grpo", **{"seed": seed, "disable_tqdm": quiet, "report_to": "tensorboard", **kw})
-        with mute(): trainer = train_grpo(str(start), None, rows, funcs, conf, **({"trainer_cls": cls} if cls else {}), **tkw, **load_kw)
-        logs.append(log_frame(trainer).reset_index().assign(phase="grpo"))
+        probes = [HeldOutProbe(probe, probe_every)] if probe is not None and probe_every > 0 and _dist_state() is None else None
+        with mute(): trainer = train_grpo(str(start), None, rows, funcs, conf, **({"trainer_cls": cls} if cls else {}),
+                                          callbacks=probes, **tkw, **load_kw)
+        glog = log_frame(trainer).reset_index()
+        if probes and probes[0].rows: glog = glog.merge(pd.DataFrame(probes[0].rows), on="step", how="outer")  # held-out/<metric> columns
+        logs.append(glog.assign(phase="grpo"))
     t_train = time.perf_counter() - t0
     log = pd.concat(logs, ignore_index=True) if logs else pd.DataFrame()
     model_dir = None
