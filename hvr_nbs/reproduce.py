@@ -7,10 +7,11 @@ from __future__ import annotations
 import os, sys, re, csv, json, time, signal, argparse, datetime, itertools, traceback, subprocess, resource, html, urllib.parse
 import tempfile, threading, contextlib, platform
 from pathlib import Path
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 from filelock import FileLock, Timeout
-from .core import PROFILES, get_profile, write_manifest, device_info
+from .core import PROFILES, get_profile, write_manifest, device_info, git_info, package_versions
 
 # %% auto #0
 __all__ = ['PAPER_DATASETS', 'default_nbs_dir', 'notebook_sequence', 'check_paper_data', 'read_status', 'run_notebook',
@@ -120,7 +121,8 @@ def _watch_parent(parent_pid: int,  # the runner's process id
 def _run_one(nb_path, out_nb, params, cwd, results_dir):
     "Execute one notebook with papermill (in this process); return a status record."
     import papermill as pm
-    os.environ["HVR_RESULTS_DIR"] = str(results_dir)
+    os.environ["HVR_RESULTS_DIR"] = str(Path(results_dir).resolve())  # absolute: the kernel runs in `cwd`, not here
+    os.environ["HVR_RUNS"] = str(Path(out_nb).resolve().parent/"runs")  # training runs (`core.run_dir`) inside the run's folder
     t0 = time.time(); status, error = "ok", None
     try:
         pm.execute_notebook(str(nb_path), str(out_nb), parameters=params, cwd=str(cwd), kernel_name="python3", language="python",
@@ -153,16 +155,47 @@ def run_notebook(nb_path,  # the notebook to execute
     try: return json.loads(rec_path.read_text(encoding="utf-8"))
     except ValueError as e: return failed(f"the child's status record {rec_path} is unreadable ({e})")
 
+# %% ../nbs/20_reproduce.ipynb #e2bb22da
+def _fmt_cell(v):  # one cell of a result table
+    "A cell as the report writes it: missing blank, floats to one decimal from 1 up and to 3 significant digits below, the rest as is."
+    if pd.api.types.is_scalar(v) and pd.isna(v): return ""
+    if isinstance(v, (bool, np.bool_)): return str(bool(v))
+    if isinstance(v, (float, np.floating)): return f"{v:.1f}" if abs(v) >= 1 else f"{v:.3g}"
+    return str(v)
+
+# %% ../nbs/20_reproduce.ipynb #93755177
+def _index_as_columns(df):  # a result table
+    "`df` with a meaningful index (named, or other than 0, 1, ...) moved into its leading columns; an unnamed one under an empty header."
+    if df.index.name or not isinstance(df.index, pd.RangeIndex):
+        return df.reset_index(names=df.index.name or "") if df.index.nlevels == 1 else df.reset_index()
+    return df
+
 # %% ../nbs/20_reproduce.ipynb #983e89a3
 def _md_table(df):
-    "A DataFrame as a GitHub-flavoured markdown table (no extra dependency); missing values blank, text HTML-escaped."
-    if df.index.name or not isinstance(df.index, pd.RangeIndex):
-        df = df.reset_index(names=df.index.name or "") if df.index.nlevels == 1 else df.reset_index()  # unnamed: empty header
-    fmt = lambda v: "" if v is None or (isinstance(v, float) and v != v) else f"{v:.4g}" if isinstance(v, float) else str(v)
-    cell = lambda v: html.escape(fmt(v), quote=False).replace("|", "/").replace("\n", " ")
+    "A DataFrame as a GitHub-flavoured markdown table (no extra dependency); cells as `_fmt_cell` writes them, text HTML-escaped."
+    df = _index_as_columns(df)
+    cell = lambda v: html.escape(_fmt_cell(v), quote=False).replace("|", "/").replace("\n", " ")
     rows = [" | ".join(map(cell, df.columns)), " | ".join("---" for _ in df.columns)]
     rows += [" | ".join(map(cell, r)) for r in df.itertuples(index=False)]
     return "\n".join(f"| {r} |" for r in rows)
+
+# %% ../nbs/20_reproduce.ipynb #aaccd687
+def _html_table(df,  # a result table, as `read_table` returns it
+                uuid: str = ""):  # id of the table's elements (default: random)
+    "A result table as HTML through pandas' Styler: index as leading column(s), cells as `_fmt_cell` writes them, a `learns` column coloured."
+    df = _index_as_columns(df)
+    if not df.columns.is_unique:  # the Styler needs unique labels; two flattened headers can coincide
+        seen, labels = {}, []
+        for c in map(str, df.columns): seen[c] = seen.get(c, 0) + 1; labels.append(c if seen[c] == 1 else f"{c} ({seen[c]})")
+        df = df.set_axis(labels, axis=1)
+    st = df.style.format(_fmt_cell, escape="html").format_index(escape="html", axis=1).hide(axis="index")
+    text = [c for c in df.columns if not pd.api.types.is_numeric_dtype(df[c]) or pd.api.types.is_bool_dtype(df[c])]
+    if text: st = st.set_properties(subset=text, **{"text-align": "left"})  # numbers stay right-aligned (the page's CSS)
+    if "learns" in df.columns:
+        learns = {True: "background:#e8f5e9;color:#1b5e20;font-weight:600", False: "background:#fff3e0;color:#bf360c"}
+        st = st.map(lambda v: learns[bool(v)] if isinstance(v, (bool, np.bool_)) else "", subset=["learns"])
+    if uuid: st = st.set_uuid(re.sub(r"[^A-Za-z0-9_-]+", "_", uuid))
+    return st.set_table_attributes('class="result"').to_html()
 
 # %% ../nbs/20_reproduce.ipynb #15ab2682
 def _header_levels(path,  # a CSV written by `DataFrame.to_csv` (index included)
@@ -253,7 +286,7 @@ def _item_md(item):  # one record of `collect_results`
         alt = re.sub(r"[\[\]\n]", " ", cap or esc(m.get("name", "")))
         return head + [f"![{alt}]({urllib.parse.quote(item['image'])})", ""] + ([f"*{cap}*", ""] if cap else [])
     label = esc(", ".join(f"{k}: {m[k]}" for k in ("profile", "model", "data", "device") if m.get(k)))
-    lines = head + ([cap, ""] if cap else []) + [f"*Ours* ({label})", "", _md_table(item["table"]), ""]
+    lines = head + ([cap, ""] if cap else []) + ["*Ours*" + (f" ({label})" if label else ""), "", _md_table(item["table"]), ""]
     if item["reference"] is not None:
         lines += [f"*Paper* ({esc(m.get('reference_source', ''))})", "", _md_table(item["reference"]), ""]
     return lines
@@ -262,52 +295,199 @@ def _item_md(item):  # one record of `collect_results`
 _COLLAPSE_STYLE = {True: "border-left:6px solid #2e7d32;background:#e8f5e9", False: "border-left:6px solid #e65100;background:#fff3e0"}
 
 # %% ../nbs/20_reproduce.ipynb #821e5e58
-def _item_html(item):  # one record of `collect_results`
-    "An HTML fragment for one logged item."
-    m, kind, esc = item["meta"], item["kind"], html.escape
+def _item_view(item):  # one record of `collect_results`
+    "What the page's template shows for one logged item: kind, name, caption, and its collapse line, error, image or tables as HTML."
+    from markupsafe import Markup
+    m, kind = item["meta"], item["kind"]
+    v = dict(kind=kind, name=str(m.get("name", "")), caption=str(m.get("caption") or ""))
     if kind == "collapse_check":
-        ok, text = _collapse_line(item)
-        return f'<p class="collapse" style="{_COLLAPSE_STYLE[ok]};padding:4px 8px">{"✅" if ok else "⚠️"} <b>{esc(text)}</b></p>'
-    head = f"<h4>{esc(m.get('name', ''))}{' (learning check: RL vs its own start)' if kind == 'learning_check' else ''}</h4>"
-    if kind == "error": return head + f"<p><i>Could not read this result: {esc(item['error'])}</i></p>"
-    if kind == "figure":
-        cap = esc(m.get("caption", ""))
-        return head + f'<figure><img src="{esc(urllib.parse.quote(item["image"]))}" alt="{cap or esc(m.get("name", ""))}" style="max-width:100%"/><figcaption>{cap}</figcaption></figure>'
-    label = ", ".join(f"{k}: {m[k]}" for k in ("profile", "model", "data", "device") if m.get(k))
-    out = head + (f"<p>{esc(m['caption'])}</p>" if m.get("caption") else "") + f"<p><i>Ours</i> ({esc(label)})</p>" + item["table"].to_html(na_rep="")
-    if item["reference"] is not None:
-        out += f"<p><i>Paper</i> ({esc(m.get('reference_source', ''))})</p>" + item["reference"].to_html(na_rep="")
-    return out
+        ok, text = _collapse_line(item); v.update(ok=ok, text=text, style=_COLLAPSE_STYLE[ok])
+    elif kind == "error": v["error"] = item["error"]
+    elif kind == "figure": v["src"] = urllib.parse.quote(item["image"])
+    else:
+        uid = f"{item['notebook']}_{v['name']}"
+        v.update(label=", ".join(f"{k}: {m[k]}" for k in ("profile", "model", "data", "device") if m.get(k)),
+                 table=Markup(_html_table(item["table"], uuid=uid)), source=str(m.get("reference_source") or ""),
+                 reference=None if item["reference"] is None else Markup(_html_table(item["reference"], uuid=uid + "_paper")))
+    return v
+
+# %% ../nbs/20_reproduce.ipynb #9071345c
+_REPORT_TEMPLATE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>hvr_nbs reproduction report ({{ profile }})</title>
+<style>
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; line-height: 1.5;
+       color: #1f2328; max-width: 76rem; margin: 0 auto; padding: 1rem 1.5rem 4rem; }
+h1 { font-size: 1.7rem; margin-bottom: .3rem; }
+h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2rem; margin-top: 2.4rem; }
+h3 { margin-top: 2.2rem; border-bottom: 1px solid #eaeef2; }
+h4 { margin: 1.6rem 0 .3rem; }
+h4 small { font-weight: normal; color: #57606a; }
+a { color: #0969da; }
+.note { background: #f6f8fa; border-left: 4px solid #8c959f; padding: .4rem .8rem; }
+dl.meta { display: grid; grid-template-columns: max-content 1fr; gap: .15rem 1rem; }
+dl.meta dt { font-weight: 600; color: #57606a; }
+dl.meta dd { margin: 0; }
+nav ol { columns: 2; }
+table { border-collapse: collapse; font-size: .9rem; margin: .3rem 0 1rem; font-variant-numeric: tabular-nums; }
+th, td { border: 1px solid #d0d7de; padding: .25rem .6rem; text-align: right; vertical-align: top; }
+th { background: #eef1f4; text-align: center; }
+td:first-child, th:first-child, table.status td { text-align: left; }
+table.status td.num { text-align: right; }
+tbody tr:nth-child(even) { background: #f6f8fa; }
+.pair { display: flex; flex-wrap: wrap; gap: .5rem 2rem; align-items: flex-start; }
+.pair > div { flex: 0 1 auto; max-width: 100%; overflow-x: auto; }
+.side { font-style: italic; color: #57606a; margin: .2rem 0; }
+figure { margin: .8rem 0 1.2rem; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
+figcaption { color: #57606a; font-size: .9rem; }
+.collapse { padding: 4px 8px; }
+pre.error { background: #fff3e0; border-left: 6px solid #e65100; padding: .5rem .8rem; overflow-x: auto; font-size: .8rem; }
+.st-ok { color: #1a7f37; }
+.st-failed, .st-interrupted { color: #cf222e; font-weight: 600; }
+</style>
+</head>
+<body>
+{% macro show(it) %}
+{% if it.kind == "collapse_check" %}
+<p class="collapse" style="{{ it.style }}">{{ "✅" if it.ok else "⚠️" }} <b>{{ it.text }}</b></p>
+{% else %}
+<h4>{{ it.name }}{% if it.kind == "learning_check" %} <small>(learning check: RL vs its own start)</small>{% endif %}</h4>
+{% if it.kind == "error" %}
+<p><i>Could not read this result: {{ it.error }}</i></p>
+{% elif it.kind == "figure" %}
+<figure><a href="{{ it.src }}"><img src="{{ it.src }}" alt="{{ it.caption or it.name }}"></a><figcaption>{{ it.caption }}</figcaption></figure>
+{% else %}
+{% if it.caption %}<p>{{ it.caption }}</p>{% endif %}
+<div class="pair">
+<div><p class="side">Ours{% if it.label %} ({{ it.label }}){% endif %}</p>
+{{ it.table }}</div>
+{% if it.reference is not none %}
+<div><p class="side">Paper ({{ it.source }})</p>
+{{ it.reference }}</div>
+{% endif %}
+</div>
+{% endif %}
+{% endif %}
+{% endmacro %}
+<h1>hvr_nbs reproduction report</h1>
+{% if profile == "smoke" %}
+<p class="note">Profile <b>smoke</b>: a pipeline check on a tiny model and a synthetic world. These numbers are not the papers' claims.</p>
+{% endif %}
+<dl class="meta">
+<dt>profile</dt><dd>{{ profile }}</dd>
+<dt>device</dt><dd>{{ device }}</dd>
+<dt>git commit</dt><dd>{{ commit }}</dd>
+<dt>packages</dt><dd>{% for name, v in versions.items() %}{{ name }} {{ v or "not installed" }}{{ " · " if not loop.last }}{% endfor %}</dd>
+<dt>total wall time</dt><dd>{{ total }}</dd>
+<dt>written</dt><dd>{{ written }}</dd>
+{% if runs %}
+<dt>training runs</dt><dd><a href="runs/">runs/</a>: <code>tensorboard --logdir {{ runs }}</code></dd>
+{% endif %}
+</dl>
+<nav>
+<h2>Contents</h2>
+<ol>
+<li><a href="#notebooks">Notebooks</a></li>
+{% for s in sections %}
+<li><a href="#{{ s.anchor }}">{{ s.notebook }}</a>{% if s.status != "ok" %} ({{ s.status }}){% endif %}</li>
+{% endfor %}
+</ol>
+</nav>
+<h2 id="notebooks">Notebooks</h2>
+<table class="status">
+<thead><tr><th>notebook</th><th>status</th><th>wall time (s)</th><th>peak RSS (GiB)</th><th>executed notebook</th></tr></thead>
+<tbody>
+{% for r in rows %}
+<tr><td>{% if r.anchor %}<a href="#{{ r.anchor }}">{{ r.notebook }}</a>{% else %}{{ r.notebook }}{% endif %}</td>
+<td class="st-{{ r.status | replace(" ", "-") }}">{{ r.status }}</td><td class="num">{{ r.wall }}</td><td class="num">{{ r.rss }}</td>
+<td>{% if r.executed %}<a href="{{ r.executed }}">{{ r.notebook }}.ipynb</a>{% endif %}</td></tr>
+{% endfor %}
+</tbody>
+</table>
+{% if sections %}
+<h2>Results</h2>
+{% endif %}
+{% for s in sections %}
+<section id="{{ s.anchor }}">
+<h3>{{ s.notebook }}</h3>
+<p>{{ s.summary }}{% if s.executed %} · executed notebook: <a href="{{ s.executed }}">{{ s.notebook }}.ipynb</a>{% endif %}</p>
+{% if s.error %}
+<pre class="error">{{ s.error }}</pre>
+{% endif %}
+{% for it in s["items"] %}
+{{ show(it) }}
+{% endfor %}
+</section>
+{% endfor %}
+</body>
+</html>
+"""
+
+# %% ../nbs/20_reproduce.ipynb #a83fe6af
+def _report_context(out_dir,  # the run's output folder
+                    statuses,  # status records of every notebook in the sequence
+                    profile: str,  # profile name
+                    packages=("torch", "transformers", "trl", "peft", "accelerate", "datasets", "hvr_nbs")):  # versions to show
+    "What both report formats show: the run's header, one row per notebook, and one section per notebook with results or an error."
+    out_dir, dev, git = Path(out_dir), device_info(), git_info()
+    anchor = lambda nb: re.sub(r"[^a-z0-9_-]", "", str(nb).lower().replace(" ", "-"))
+    executed = lambda nb: urllib.parse.quote(f"{nb}.ipynb") if (out_dir/f"{nb}.ipynb").exists() else None
+    def summary(nb, s):
+        if s is None: return f"{nb}: results from an earlier run in this folder"
+        wall, rss = s.get("wall_s"), s.get("peak_rss_gb")
+        return (f"{nb} {s.get('status', '')}" + (f" in {_fmt_cell(float(wall))} s" if wall is not None else "")
+                + (f", peak RSS {_fmt_cell(float(rss))} GiB" if rss is not None else ""))
+    by_nb, recs = {}, {s["notebook"]: s for s in statuses}
+    for r in collect_results(out_dir): by_nb.setdefault(r["notebook"], []).append(r)
+    sections = []
+    for nb in [s["notebook"] for s in statuses] + sorted(set(by_nb) - set(recs)):
+        s = recs.get(nb)
+        err = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", (s or {}).get("error") or "")[-3000:] if (s or {}).get("status") != "ok" else ""
+        if nb in by_nb or err:
+            sections.append(dict(notebook=nb, anchor=anchor(nb), status=(s or {}).get("status", "ok"), summary=summary(nb, s),
+                                 executed=executed(nb), error=err, items=by_nb.get(nb, [])))
+    linked = {x["notebook"] for x in sections}
+    rows = [dict(notebook=s["notebook"], status=s.get("status", ""), wall=_fmt_cell(s.get("wall_s")), rss=_fmt_cell(s.get("peak_rss_gb")),
+                 executed=executed(s["notebook"]), anchor=anchor(s["notebook"]) if s["notebook"] in linked else None) for s in statuses]
+    total = sum(float(s["wall_s"]) for s in statuses if s.get("wall_s") is not None)
+    return dict(profile=profile, device=dev.get("gpu") or f"CPU ({dev['cpu_count']} cores)",
+                commit=f"{git['sha'][:7]}{' (dirty)' if git.get('dirty') else ''}" if git.get("sha") else "",
+                versions=package_versions(packages), written=datetime.datetime.now().isoformat(timespec="seconds"),
+                total=f"{total:.0f} s" + (f" ({total/3600:.1f} h)" if total >= 3600 else f" ({total/60:.1f} min)" if total >= 60 else ""),
+                runs=str((out_dir/"runs").resolve()) if (out_dir/"runs").is_dir() else None, rows=rows, sections=sections)
 
 # %% ../nbs/20_reproduce.ipynb #380eb4af
 def write_report(out_dir,  # the run's output folder
                  statuses,  # status records of every notebook in the sequence
                  profile: str):  # profile name
-    "Write `report.md` and `report.html` into `out_dir` and return the markdown path."
-    out_dir = Path(out_dir); dev = device_info()
-    device = dev.get("gpu") or f"CPU ({dev['cpu_count']} cores)"
-    status_df = pd.DataFrame(statuses, columns=["notebook", "status", "wall_s", "peak_rss_gb"])
-    lines = [f"# hvr_nbs reproduction report", "",
+    "Write `report.html` (a page from `_REPORT_TEMPLATE`) and `report.md` (the same as markdown) into `out_dir`; return the markdown path."
+    import jinja2
+    out_dir = Path(out_dir); c = _report_context(out_dir, statuses, profile)
+    link = lambda nb, href: f"[{nb}.ipynb]({href})" if href else ""
+    lines = ["# hvr_nbs reproduction report", "",
              f"- profile: **{profile}**" + (" (pipeline check on a tiny model and a synthetic world: these numbers are "
                                               "not the papers' claims)" if profile == "smoke" else ""),
-             f"- device: {device}", f"- written: {datetime.datetime.now().isoformat(timespec='seconds')}",
-             f"- total wall time: {status_df['wall_s'].sum():.0f} s", "", "## Notebooks", "", _md_table(status_df), ""]
-    for s in statuses:
-        if s["status"] != "ok" and s.get("error"):
-            lines += [f"### {s['notebook']} {s['status']}", "", "```", s["error"][-2000:], "```", ""]
-    results = collect_results(out_dir)
-    if results: lines += ["## Results", ""]
-    html_parts, current = [], None
-    for r in results:
-        if r["notebook"] != current:
-            current = r["notebook"]
-            lines += [f"### {current}", ""]; html_parts.append(f"<h3>{html.escape(current)}</h3>")
-        lines += _item_md(r); html_parts.append(_item_html(r))
+             f"- device: {c['device']}", f"- git commit: {c['commit']}",
+             "- packages: " + ", ".join(f"{n} {v or 'not installed'}" for n, v in c["versions"].items()),
+             f"- total wall time: {c['total']}", f"- written: {c['written']}"]
+    if c["runs"]: lines += [f"- training runs: [runs/](runs/) (`tensorboard --logdir {c['runs']}`)"]
+    lines += ["", "## Contents", "", "- [Notebooks](#notebooks)"]
+    lines += [f"- [{s['notebook']}](#{s['anchor']})" + (f" ({s['status']})" if s["status"] != "ok" else "") for s in c["sections"]]
+    rows = pd.DataFrame([[r["notebook"], r["status"], r["wall"], r["rss"], link(r["notebook"], r["executed"])] for r in c["rows"]],
+                        columns=["notebook", "status", "wall time (s)", "peak RSS (GiB)", "executed notebook"])
+    lines += ["", "## Notebooks", "", _md_table(rows), ""] + (["## Results", ""] if c["sections"] else [])
+    for s in c["sections"]:
+        lines += [f"### {s['notebook']}", "", s["summary"] + (f"; executed notebook: {link(s['notebook'], s['executed'])}" if s["executed"] else ""), ""]
+        if s["error"]: lines += ["````", s["error"], "````", ""]  # a longer fence: a traceback may hold three backticks
+        for r in s["items"]: lines += _item_md(r)
     (out_dir/"report.md").write_text("\n".join(lines), encoding="utf-8")
-    (out_dir/"report.html").write_text(
-        "<!doctype html><html><head><meta charset='utf-8'><title>hvr_nbs report</title></head><body>"
-        f"<h1>hvr_nbs reproduction report</h1><p>profile: {html.escape(profile)}; device: {html.escape(device)}</p>"
-        + status_df.to_html(index=False, na_rep="") + "".join(html_parts) + "</body></html>", encoding="utf-8")
+    env = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    page = env.from_string(_REPORT_TEMPLATE).render({**c, "sections": [{**s, "items": [_item_view(r) for r in s["items"]]} for s in c["sections"]]})
+    (out_dir/"report.html").write_text(page, encoding="utf-8")
     return out_dir/"report.md"
 
 # %% ../nbs/20_reproduce.ipynb #1b678f1f

@@ -1,4 +1,4 @@
-"hvr-reproduce on throw-away notebooks: failures don't stop the run, --resume finishes it, the report holds every table, learning check, collapse check and figure."
+"hvr-reproduce on throw-away notebooks: failures don't stop the run, --resume finishes it, the report holds every table, learning check, collapse check and figure, and every training run writes inside --out."
 import json, re, subprocess, sys
 from pathlib import Path
 import nbformat, pytest
@@ -86,14 +86,14 @@ def test_report_renders_two_level_tables_checks_and_figures(tmp_path):
     assert r.returncode == 0, r.stderr
     md, page = (out/"report.md").read_text(), (out/"report.html").read_text()
     assert "| method | mean Visual | mean Other | std Visual | std Other | seeds |" in md
-    assert "| taxonrl | 60 |  | 6 |  | 3 |" in md and "mean.1" not in md and not re.search(r"\bnan\b", md + page, re.I)
+    assert "| taxonrl | 60.0 |  | 6.0 |  | 3 |" in md and "mean.1" not in md and not re.search(r"\bnan\b", md + page, re.I)
     assert md.index("demo_learning_check") < md.index("#### demo_table1") < md.index("collapse check of demo_table1")
     assert "> ⚠️ **collapse check of demo_table1: grpo: 'different' is 100% of 6 answers**" in md
     assert "> ✅ **collapse check passed: demo_table2**" in md
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
     assert links == ["results/10_demo/demo_curves.png"] and (out/links[0]).exists()
     assert re.findall(r'<img src="([^"]+)"', page) == links and "<figcaption>a line</figcaption>" in page
-    assert "<th>mean Visual</th>" in page and page.count('class="collapse"') == 2
+    assert ">mean Visual</th>" in page and page.count('class="collapse"') == 2
 
 
 def test_read_table_flattens_two_header_levels(tmp_path):
@@ -279,3 +279,28 @@ def test_status_writes_survive_sigkill(tmp_path):
         time.sleep(delay); w.kill(); w.wait(); w.stdout.close()
         rec = json.loads(p.read_text())
         assert rec["pad"][-1] == 199_999 and rec["n"] >= 0
+
+
+RUNS_NB = """
+import os, json
+import pandas as pd
+from hvr_nbs.core import run_dir, log_result
+json.dump({k: os.environ.get(k) for k in ("HVR_RUNS", "HVR_RESULTS_DIR")}, open("env.json", "w"))
+(run_dir("demo-grpo", profile) / "manifest.json").write_text("{}")
+log_result("runs_table", pd.DataFrame({"acc": [0.5]}, index=["ours"]))
+"""
+
+
+def test_training_runs_and_results_land_in_out_even_with_a_relative_out(tmp_path):
+    "The kernel runs in nbs/, so the runner hands it absolute paths inside --out: HVR_RUNS for core.run_dir, HVR_RESULTS_DIR for log_result."
+    d = tmp_path/"nbs"; d.mkdir()
+    make_nb(d/"01_runs.ipynb", RUNS_NB)
+    r = subprocess.run([str(BIN), "--nbs", "nbs", "--out", "run"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                       env={**env(tmp_path), "HVR_RUNS": str(tmp_path/"stray_runs")})
+    assert r.returncode == 0, r.stderr
+    out = (tmp_path/"run").resolve()
+    assert json.loads((d/"env.json").read_text()) == {"HVR_RUNS": str(out/"runs"), "HVR_RESULTS_DIR": str(out/"results"/"01_runs")}
+    runs = [p.parent.name for p in (out/"runs").glob("*/manifest.json")]
+    assert len(runs) == 1 and runs[0].startswith("demo-grpo-smoke-s0-"), runs
+    assert not (tmp_path/"stray_runs").exists() and not (tmp_path/"cache"/"runs").exists()  # nothing in the cache or elsewhere
+    assert not (d/"run").exists() and "| ours | 0.5 |" in (out/"report.md").read_text()       # results not under nbs/
