@@ -62,6 +62,8 @@ class TrainConfig:
     warmup_ratio: float = 0.0
     weight_decay: float = 0.01
     seeds: tuple = (0,)  # seeds for repeated comparisons
+    save_steps: int = 0  # a training checkpoint (weights, optimiser, RNG, step) every this many optimiser steps; 0: none
+    resume: bool = False  # continue each training stage from the newest checkpoint in its run folder (`runs.train_and_evaluate`)
 
 # %% ../nbs/00_core.ipynb #caecadcc
 @dataclass

@@ -94,7 +94,7 @@ def save_checkpoint(trainer,  # a finished TRL trainer
     trainer.processing_class.save_pretrained(str(out_dir))
     return out_dir
 
-# %% ../nbs/08a_runs.ipynb #a1d14653
+# %% ../nbs/08a_runs.ipynb #ab4fe6ec
 class HeldOutProbe(TrainerCallback):
     "A callback that scores `fn(model, processor) -> {metric: value}` before the first step, every `every` steps and after the last."
     def __init__(self, fn: Callable,  # the probe: a small held-out evaluation returning floats
@@ -129,6 +129,18 @@ def _dist_state():
         return s if s.num_processes > 1 else None
     except Exception: return None
 
+def _resume_point(folder, prof, label):
+    "With `prof.train.resume`, the newest checkpoint in a stage's trainer folder (announced); otherwise the folder cleared."
+    from hvr_nbs.training import last_checkpoint
+    state = _dist_state(); main = state is None or state.is_main_process
+    if not prof.train.resume:
+        if main: shutil.rmtree(folder, ignore_errors=True)  # an earlier attempt's checkpoints are never resumed later by mistake
+        if state is not None: state.wait_for_everyone()
+        return None
+    ck = last_checkpoint(folder)
+    if ck is not None and main: print(f"{label}: resuming from {ck}", flush=True)
+    return ck
+
 def _tokens(processor, texts):
     tok = getattr(processor, "tokenizer", processor)
     return [len(tok.encode(str(t), add_special_tokens=False)) for t in texts]
@@ -155,11 +167,14 @@ def train_and_evaluate(method: str,  # the method's name (run folder, 'method' c
     out.mkdir(parents=True, exist_ok=True)
     set_seed(seed)
     mute = (lambda: contextlib.redirect_stdout(io.StringIO())) if quiet else contextlib.nullcontext
-    logs, trainer, t0, load_kw = [], None, time.perf_counter(), dict(load_kw or {})
+    logs, trainer, t0, load_kw, resumed = [], None, time.perf_counter(), dict(load_kw or {}), {}
     if sft:
         kw = dict(sft); rows, cls = kw.pop("dataset"), kw.pop("trainer_cls", None)
         conf = sft_config(prof, out/"_sft", **{"seed": seed, "disable_tqdm": quiet, "report_to": "tensorboard", **kw})
-        with mute(): trainer = train_sft(str(start), None, rows, conf, **({"trainer_cls": cls} if cls else {}), **load_kw)
+        ck = _resume_point(out/"_sft", prof, f"{method} seed {seed} SFT")
+        if ck: resumed["sft"] = str(ck)
+        with mute(): trainer = train_sft(str(start), None, rows, conf, **({"trainer_cls": cls} if cls else {}),
+                                         resume_from_checkpoint=ck, **load_kw)
         logs.append(log_frame(trainer).reset_index().assign(phase="sft"))
         if grpo: start = save_checkpoint(trainer, out/"sft-model")
     if grpo:
@@ -167,8 +182,10 @@ def train_and_evaluate(method: str,  # the method's name (run folder, 'method' c
         cls, tkw = kw.pop("trainer_cls", None), kw.pop("trainer_kw", {})
         conf = grpo_config(prof, out/"_grpo", **{"seed": seed, "disable_tqdm": quiet, "report_to": "tensorboard", **kw})
         probes = [HeldOutProbe(probe, probe_every)] if probe is not None and probe_every > 0 and _dist_state() is None else None
+        ck = _resume_point(out/"_grpo", prof, f"{method} seed {seed} GRPO")  # the model still loads from `start`; the checkpoint overwrites it
+        if ck: resumed["grpo"] = str(ck)
         with mute(): trainer = train_grpo(str(start), None, rows, funcs, conf, **({"trainer_cls": cls} if cls else {}),
-                                          callbacks=probes, **tkw, **load_kw)
+                                          callbacks=probes, resume_from_checkpoint=ck, **tkw, **load_kw)
         glog = log_frame(trainer).reset_index()
         if probes and probes[0].rows: glog = glog.merge(pd.DataFrame(probes[0].rows), on="step", how="outer")  # held-out/<metric> columns
         logs.append(glog.assign(phase="grpo"))
@@ -198,7 +215,7 @@ def train_and_evaluate(method: str,  # the method's name (run folder, 'method' c
     secs = dict(train=round(t_train, 2), evaluate=round(t_eval, 2))
     write_manifest(out, prof, method=method, seed=seed, start=str(start), seconds=secs, metrics=metrics,
                    sft={k: v for k, v in (sft or {}).items() if k != "dataset"} or None,
-                   grpo={k: v for k, v in (grpo or {}).items() if k != "dataset"} or None, **manifest)
+                   grpo={k: v for k, v in (grpo or {}).items() if k != "dataset"} or None, resumed_from=resumed or None, **manifest)
     return RunResult(method, seed, df, dict(metrics), log, out, secs, model_dir)
 
 # %% ../nbs/08a_runs.ipynb #8a26c942
@@ -224,6 +241,10 @@ def paper_cli(prog: str,  # e.g. 'python -m hvr_nbs.taxonrl'
     p.add_argument("--steps", type=int, default=None, help="RL steps (default: the profile's)")
     p.add_argument("--n-eval", type=int, default=None, help="evaluation items (default: the profile's)")
     p.add_argument("--out", default=None, help="output folder (default: a fresh run folder)")
+    p.add_argument("--save-steps", type=int, default=None, metavar="N",
+                   help="save a training checkpoint every N optimiser steps (default: the profile's train.save_steps; 0: none)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue killed training from its last checkpoint: rerun the same command, with the same --out, adding --resume")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="profile override, e.g. --set train__learning_rate=1e-6 (repeatable)")
     return p
@@ -238,6 +259,10 @@ def cli_profile(args,  # parsed `paper_cli` arguments
         k, v = kv.split("=", 1); over[k] = v
     if args.model: over["model__vlm"] = args.model
     if args.data_root: over["data_root"] = args.data_root
+    if getattr(args, "save_steps", None) is not None: over["train__save_steps"] = args.save_steps
+    if getattr(args, "resume", False):
+        if not args.out: raise ValueError("--resume continues the runs in an --out folder: pass the --out of the run that was killed")
+        over["train__resume"] = True
     prof = paper_profile(paper_settings, **over) if args.profile == "paper" else get_profile(args.profile, **over)
     seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else tuple(prof.train.seeds)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

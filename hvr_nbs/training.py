@@ -20,7 +20,7 @@ from .models import load_vlm, make_tiny_vlm, vlm_corpus, parse_tiny_name, cached
 __all__ = ['WARM_START_MIX', 'RANK_QUESTION', 'CHOICE_QUESTION', 'DESCRIBE_QUESTION', 'PAIR_QUESTION', 'sft_config',
            'HVRGRPOConfig', 'grpo_config', 'dapo_keep_mask', 'merge_rollouts', 'DynamicSamplingMixin', 'log_frame',
            'train_sft', 'train_grpo', 'WarmStartExamples', 'generate_answers', 'rank_accuracy', 'pretrain_vision',
-           'WarmStart', 'warm_start_base', 'plot_log', 'rank_question_dataset']
+           'WarmStart', 'warm_start_base', 'plot_log', 'last_checkpoint', 'ResumeMixin', 'rank_question_dataset']
 
 # %% ../nbs/07_training.ipynb #65d73a12
 def _precision(profile):
@@ -32,9 +32,10 @@ def _precision(profile):
 
 def _common(profile, output_dir, steps, lr, seed):
     t = profile.train
+    save = dict(save_strategy="steps", save_steps=int(t.save_steps), save_total_limit=2) if t.save_steps > 0 else dict(save_strategy="no")
     return dict(output_dir=str(output_dir), max_steps=int(steps), learning_rate=float(lr), seed=seed, data_seed=seed,
                 lr_scheduler_type=t.lr_scheduler, warmup_steps=float(t.warmup_ratio), weight_decay=t.weight_decay,
-                logging_steps=max(1, int(steps) // 25), report_to="none", save_strategy="no",
+                logging_steps=max(1, int(steps) // 25), report_to="none", **save,
                 dataloader_num_workers=0, gradient_checkpointing=not str(profile.model.vlm).startswith("tiny"),
                 **_precision(profile))
 
@@ -193,11 +194,14 @@ def train_sft(model_or_dir,  # a model, or a folder / hub id / 'tiny-*' for `loa
               config: SFTConfig,  # from `sft_config`
               trainer_cls=SFTTrainer,  # SFTTrainer or a subclass
               callbacks=None,  # transformers callbacks
+              resume_from_checkpoint=None,  # a `checkpoint-*` folder of a killed run with the same start and config: continue it
               **load_kw):  # `load_vlm` options when a path is given (lora=..., freeze_vision=...)
     "Supervised fine-tuning with TRL; returns the trained trainer."
     model, processor = _model_and_processor(model_or_dir, processor, config, **load_kw)
+    if resume_from_checkpoint and not issubclass(trainer_cls, ResumeMixin):
+        trainer_cls = type("Resumed" + trainer_cls.__name__, (ResumeMixin, trainer_cls), {})
     trainer = trainer_cls(model=model, args=config, train_dataset=dataset, processing_class=processor, callbacks=callbacks)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume_from_checkpoint) if resume_from_checkpoint else None)
     write_manifest(config.output_dir, config.to_dict(), trainer=trainer_cls.__name__, kind="sft")
     return trainer
 
@@ -208,6 +212,7 @@ def train_grpo(model_or_dir,  # a model, or a folder / hub id / 'tiny-*' for `lo
                config: GRPOConfig,  # from `grpo_config`
                trainer_cls=GRPOTrainer,  # GRPOTrainer or a subclass (TAPO, TARA, ...)
                callbacks=None,  # transformers callbacks
+               resume_from_checkpoint=None,  # a `checkpoint-*` folder of a killed run with the same start and config: continue it
                **trainer_kw):  # more trainer arguments (e.g. reward_processing_classes), or `load_vlm` options
     "GRPO with TRL (DAPO dynamic sampling when `config.dynamic_sampling`); returns the trained trainer."
     load_kw = {k: trainer_kw.pop(k) for k in list(trainer_kw) if k in ("lora", "freeze_vision", "freeze_language", "dtype",
@@ -217,9 +222,11 @@ def train_grpo(model_or_dir,  # a model, or a folder / hub id / 'tiny-*' for `lo
     if tok.padding_side != "left": tok.padding_side = "left"  # TRL's GRPO batches prompts left-padded
     if getattr(config, "dynamic_sampling", False) and not issubclass(trainer_cls, DynamicSamplingMixin):
         trainer_cls = type("DAPO" + trainer_cls.__name__, (DynamicSamplingMixin, trainer_cls), {})
+    if resume_from_checkpoint and not issubclass(trainer_cls, ResumeMixin):
+        trainer_cls = type("Resumed" + trainer_cls.__name__, (ResumeMixin, trainer_cls), {})
     trainer = trainer_cls(model=model, reward_funcs=list(reward_funcs), args=config, train_dataset=dataset,
                           processing_class=processor, callbacks=callbacks, **trainer_kw)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume_from_checkpoint) if resume_from_checkpoint else None)
     write_manifest(config.output_dir, config.to_dict(), trainer=trainer_cls.__name__, kind="grpo",
                    rewards=[getattr(f, "__name__", str(f)) for f in reward_funcs])
     return trainer
@@ -429,7 +436,7 @@ def warm_start_base(profile="smoke",  # a `Profile` or its name
         examples = WarmStartExamples(train, prof.world.ranks, n=steps * batch_size, seed=seed, mix=mix, leaf_open_share=leaf_open_share)
         conf = sft_config(prof, output_dir=d/"_trainer", max_steps=steps, learning_rate=lr,
                           per_device_train_batch_size=batch_size, lr_scheduler_type="cosine", warmup_steps=0.05,
-                          logging_steps=max(1, steps // 40), seed=seed, disable_tqdm=in_test(),
+                          logging_steps=max(1, steps // 40), seed=seed, disable_tqdm=in_test(), save_strategy="no",  # a killed cache build starts afresh
                           dataloader_num_workers=0 if device.type == "cpu" else min(4, (os.cpu_count() or 2) // 2))
         t1 = time.time()
         trainer = SFTTrainer(model=model, args=conf, train_dataset=examples.to_dataset(), processing_class=proc)
@@ -472,6 +479,27 @@ def plot_log(log,  # `log_frame(...)` output (index 'step')
     if title: fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/07_training.ipynb #af5b8de0
+def last_checkpoint(folder):  # a trainer's output_dir
+    "The newest complete `checkpoint-<step>` folder in `folder` (its `trainer_state.json`, written last, reads back), or None."
+    found = sorted(((int(p.name.split("-", 1)[1]), p) for p in Path(folder).glob("checkpoint-*")
+                    if p.is_dir() and p.name.split("-", 1)[1].isdigit()), reverse=True)
+    for _, p in found:
+        try: json.loads((p/"trainer_state.json").read_text()); return p
+        except (OSError, ValueError): continue  # killed while saving: the one before it is whole
+    return None
+
+# %% ../nbs/07_training.ipynb #693e337a
+class ResumeMixin:
+    "Resume a trainer from a full-weight checkpoint through `from_pretrained`, which maps saved weight names (put it first in the bases)."
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        ck = Path(resume_from_checkpoint)
+        full = (ck/"model.safetensors").exists() or (ck/"model.safetensors.index.json").exists()
+        if model is not None or not full:  # LoRA adapters, DeepSpeed / FSDP states: transformers' own loading
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        saved = type(self.model).from_pretrained(str(ck), dtype=next(self.model.parameters()).dtype)
+        self.model.load_state_dict(saved.state_dict(), strict=True)  # every weight, or an error naming the misfits
 
 # %% ../nbs/07_training.ipynb #db8c1d6a
 def rank_question_dataset(dataset,  # rows with 'image' and one column per rank

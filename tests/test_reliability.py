@@ -1,7 +1,9 @@
-"""Reliability drills (issue 17): the same seed gives the same tables, a corrupt cache entry is rebuilt, and bad inputs
-through the public entry points stop with an error that names the problem, leaving nothing half-written."""
+"""Reliability drills (issue 17): the same seed gives the same tables, a corrupt cache entry is rebuilt, bad inputs
+through the public entry points stop with an error that names the problem, leaving nothing half-written, and a paper
+command line killed during GRPO resumes from its last checkpoint."""
 import json, os, shutil, warnings
 from pathlib import Path
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -187,3 +189,50 @@ def test_reproduce_param_with_unknown_key_is_named(tmp_path):
     with pytest.raises(ValueError, match="train__grpo_stepz"):
         reproduce("smoke", nbs_dir=nbs, out=tmp_path/"run", params={"train__grpo_stepz": "5"})
     assert not (tmp_path/"run").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training resume: a paper command line killed (SIGKILL) in the middle of GRPO continues from its last checkpoint
+
+def _whole(f):
+    "Whether the JSON file `f` exists and reads back (the trainer writes a checkpoint's trainer_state.json last)."
+    try: json.loads(Path(f).read_text()); return True
+    except (OSError, ValueError): return False
+
+
+def test_killed_command_line_resumes_grpo_from_its_checkpoint(tmp_path):
+    "`python -m hvr_nbs.vl_taxon --save-steps 1 --steps 3` killed once a GRPO checkpoint exists; rerun with --resume: steps 1-3, once each."
+    import re, signal, subprocess, sys, time
+    env = dict(os.environ, IN_TEST="1", OMP_NUM_THREADS="1", HVR_CACHE=os.environ.get("HVR_CACHE") or str(tmp_path/"cache"))
+    out = tmp_path/"run"
+    cmd = [sys.executable, "-m", "hvr_nbs.vl_taxon", "--profile", "smoke", "--methods", "vl-taxon", "--steps", "3", "--n-eval", "2",
+           "--save-steps", "1", "--out", str(out), "--set", "train__sft_steps=2"]
+    grpo = out/"vl-taxon-s0"/"_grpo"
+    with open(tmp_path/"first.log", "w") as log:
+        p = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            seen, deadline = lambda: any(_whole(grpo/f"checkpoint-{s}"/"trainer_state.json") for s in (1, 2)), time.time() + 900
+            while p.poll() is None and time.time() < deadline and not seen(): time.sleep(0.05)
+            assert p.poll() is None and seen(), "no GRPO checkpoint while the first run ran:\n" + (tmp_path/"first.log").read_text()[-3000:]
+        finally:
+            p.send_signal(signal.SIGKILL); p.wait()
+    assert p.returncode == -signal.SIGKILL and not (out/"predictions.csv").exists()
+    r = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    said = re.search(r"vl-taxon seed 0 GRPO: resuming from (\S+)", r.stdout)
+    assert said and re.search(r"_grpo/checkpoint-[12]$", said.group(1)), r.stdout[-2000:]
+    log = pd.read_csv(out/"vl-taxon-s0"/"train_log.csv")
+    g = log[log["phase"] == "grpo"]
+    assert g["step"].tolist() == [1, 2, 3]  # the whole run, each step once: the killed run's steps from the checkpoint
+    assert g["loss"].notna().all() and np.isfinite(g["loss"]).all()
+    m = json.loads((out/"vl-taxon-s0"/"manifest.json").read_text())
+    assert m["resumed_from"] == {"grpo": said.group(1)}
+    assert not grpo.exists() and (out/"predictions.csv").exists()
+
+
+def test_resume_without_out_is_named(tmp_path, monkeypatch):
+    from hvr_nbs.taxonrl import main
+    monkeypatch.setenv("HVR_RUNS", str(tmp_path))
+    with pytest.raises(ValueError, match="--resume continues the runs in an --out folder"):
+        main(["--profile", "smoke", "--resume"])
+    assert _listing(tmp_path) == []
