@@ -86,15 +86,17 @@ def test_results_table_per_method():
 @pytest.fixture(scope="module")
 def small():
     prof = get_profile("smoke")
-    imgs = vl_taxon_images(prof, seed=0, n_test_per_species=1, n_train_per_species=1)
+    imgs = vl_taxon_images(prof, seed=0, n_test_per_species=1, n_train_per_species=2)
     Q = {k: vl_taxon_questions(imgs[k], imgs["taxonomy"], None, seed=0, domain=imgs["domain"]) for k in ("sft", "grpo", "test")}
     return imgs, Q
 
-def test_images_split_by_species(small):
+def test_images_split_per_species(small):
+    "Each species' training images are split in halves: both stages see every species, no image twice (paper Sec. 4.4)."
     imgs, _ = small
     leaf = imgs["taxonomy"].leaf_rank
-    assert not set(imgs["sft"][leaf]) & set(imgs["grpo"][leaf])
-    assert set(imgs["test"][leaf]) == set(imgs["sft"][leaf]) | set(imgs["grpo"][leaf])
+    assert set(imgs["sft"][leaf]) == set(imgs["grpo"][leaf]) == set(imgs["test"][leaf])
+    assert not set(imgs["sft"]["image_id"]) & set(imgs["grpo"]["image_id"])
+    assert len(imgs["sft"]) == len(imgs["grpo"]) == len(set(imgs["test"][leaf]))  # 2 images per species: one each
 
 def test_questions_and_rows(small):
     imgs, Q = small
@@ -107,7 +109,8 @@ def test_questions_and_rows(small):
     assert set(s1["stage"]) == {1} and set(s2["stage"]) == {2}
     assert all(a in "ABCD" for a in s2["answer"])
     g = _grpo_rows(imgs, Q)  # stage-1 and stage-2 rows concatenate (one Arrow schema)
-    assert len(g) == len(imgs["grpo"]) + len(Q["grpo"]) and set(g["stage"]) == {1, 2}
+    assert len(g) == 2 * len(imgs["grpo"]) and set(g["stage"]) == {1, 2}  # per image: stage 1 and one stage-2 question
+    assert len(_grpo_rows(imgs, Q, one_rank=False)) == len(imgs["grpo"]) + len(Q["grpo"])
     s = _sft_rows(imgs, Q, "sft"); d = _sft_rows(imgs, Q, "sft", direct=True)
     assert len(s) == len(imgs["sft"]) + len(Q["sft"]) and len(d) == len(Q["sft"])
     g2 = _grpo_rows(imgs, Q, "grpo", direct=True)
@@ -175,7 +178,8 @@ def test_paper_profile_reads_the_official_layouts(name, tmp_path):
     d = vl_taxon_images(prof, dataset=name)
     leaf = d["taxonomy"].leaf_rank
     assert len(d["sft"]) and len(d["grpo"]) and len(d["test"])
-    assert not set(d["sft"][leaf]) & set(d["grpo"][leaf])
+    assert set(d["sft"][leaf]) == set(d["grpo"][leaf])  # every species in both halves, on different images
+    assert not set(d["sft"]["image_id"]) & set(d["grpo"]["image_id"])
     if name == "inat21": assert d["ranks"][0] == "kingdom" and len(d["ranks"]) == 7
     else: assert d["domain"] == "bird" and d["ranks"] == RANKS
     q = vl_taxon_questions(d["test"], d["taxonomy"], None, domain=d["domain"])
