@@ -182,6 +182,11 @@ def _model_and_processor(model_or_dir, processor, config=None, **load_kw):
     if processor is None: raise ValueError("Pass the processor along with a model object")
     return model_or_dir, processor
 
+def _with_mixin(trainer_cls, mixin, prefix):
+    "`trainer_cls` with `mixin` put first in its bases (named `prefix` + its name), unless it already has it."
+    if issubclass(trainer_cls, mixin): return trainer_cls
+    return type(prefix + trainer_cls.__name__, (mixin, trainer_cls), {})
+
 def log_frame(trainer_or_history):  # a trainer or its `state.log_history`
     "The TRL log as a DataFrame, one row per logging step (the final summary row dropped)."
     hist = trainer_or_history.state.log_history if hasattr(trainer_or_history, "state") else trainer_or_history
@@ -198,8 +203,7 @@ def train_sft(model_or_dir,  # a model, or a folder / hub id / 'tiny-*' for `loa
               **load_kw):  # `load_vlm` options when a path is given (lora=..., freeze_vision=...)
     "Supervised fine-tuning with TRL; returns the trained trainer."
     model, processor = _model_and_processor(model_or_dir, processor, config, **load_kw)
-    if resume_from_checkpoint and not issubclass(trainer_cls, ResumeMixin):
-        trainer_cls = type("Resumed" + trainer_cls.__name__, (ResumeMixin, trainer_cls), {})
+    if resume_from_checkpoint: trainer_cls = _with_mixin(trainer_cls, ResumeMixin, "Resumed")
     trainer = trainer_cls(model=model, args=config, train_dataset=dataset, processing_class=processor, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=str(resume_from_checkpoint) if resume_from_checkpoint else None)
     write_manifest(config.output_dir, config.to_dict(), trainer=trainer_cls.__name__, kind="sft")
@@ -220,10 +224,8 @@ def train_grpo(model_or_dir,  # a model, or a folder / hub id / 'tiny-*' for `lo
     model, processor = _model_and_processor(model_or_dir, processor, config, **load_kw)
     tok = getattr(processor, "tokenizer", processor)
     if tok.padding_side != "left": tok.padding_side = "left"  # TRL's GRPO batches prompts left-padded
-    if getattr(config, "dynamic_sampling", False) and not issubclass(trainer_cls, DynamicSamplingMixin):
-        trainer_cls = type("DAPO" + trainer_cls.__name__, (DynamicSamplingMixin, trainer_cls), {})
-    if resume_from_checkpoint and not issubclass(trainer_cls, ResumeMixin):
-        trainer_cls = type("Resumed" + trainer_cls.__name__, (ResumeMixin, trainer_cls), {})
+    if getattr(config, "dynamic_sampling", False): trainer_cls = _with_mixin(trainer_cls, DynamicSamplingMixin, "DAPO")
+    if resume_from_checkpoint: trainer_cls = _with_mixin(trainer_cls, ResumeMixin, "Resumed")
     trainer = trainer_cls(model=model, reward_funcs=list(reward_funcs), args=config, train_dataset=dataset,
                           processing_class=processor, callbacks=callbacks, **trainer_kw)
     trainer.train(resume_from_checkpoint=str(resume_from_checkpoint) if resume_from_checkpoint else None)

@@ -258,12 +258,12 @@ def _sft_rows(imgs, Q, half, direct=False):
             parts += [stage1_rows(imgs[h], imgs["ranks"], imgs["domain"]), stage2_rows(Q[h], imgs["ranks"], imgs["domain"])]
     return hfds.concatenate_datasets([p.select_columns(["image", "prompt", "completion"]) for p in parts]).shuffle(seed=0)
 
-def _one_rank_per_image(q, seed=0):
-    "One question per image, its rank drawn at random (seeded) among the ranks asked about that image."
+def _one_rank_per_image(q, seed: int | None = 0):
+    "One question per image: its rank drawn at random (seeded) among those asked about the image, or (seed None) the ranks in turn."
     by = {}
     for i, r in zip(q["image_id"], q["rank"]): by.setdefault(i, []).append(r)
     rng = np.random.default_rng(seed)
-    pick = {i: rs[rng.integers(len(rs))] for i, rs in sorted(by.items())}
+    pick = {i: rs[k % len(rs)] if seed is None else rs[rng.integers(len(rs))] for k, (i, rs) in enumerate(sorted(by.items()))}
     return q.filter(lambda i, r: pick[i] == r, input_columns=["image_id", "rank"])
 
 def _grpo_rows(imgs, Q, half="grpo", direct=False, one_rank=True):
@@ -380,10 +380,9 @@ def _eval_questions(test, n_eval=None):
 
 def _heldout_rows(imgs, test, two):
     "The prompts the method's RL stage trains on, built from held-out questions: one per image, the ranks in turn (true leaf in stage 2)."
-    ids, ranks = sorted(set(test["image_id"])), list(imgs["ranks"])
-    pick = {i: ranks[k % len(ranks)] for k, i in enumerate(ids)}
-    q1 = test.filter(lambda i, r: pick[i] == r, input_columns=["image_id", "rank"])
-    held = {**imgs, "test": imgs["test"].filter(lambda i: i in pick, input_columns="image_id")}
+    q1 = _one_rank_per_image(test, seed=None)
+    ids = set(q1["image_id"])
+    held = {**imgs, "test": imgs["test"].filter(lambda i: i in ids, input_columns="image_id")}
     return _grpo_rows(held, {"test": q1}, "test", direct=not two, one_rank=False)
 
 def _sampled(model, processor, rows, prof, reward, n=None):
