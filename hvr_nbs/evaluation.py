@@ -678,24 +678,39 @@ def save_completions(df: pd.DataFrame,  # output of `score_completions` / `evalu
 # %% ../nbs/08_evaluation.ipynb #48cf3a95
 def benchmark_generation(model,  # the VLM
                          processor,  # its processor
-                         dataset,  # rows to generate for
+                         dataset,  # rows to generate for (a `datasets.Dataset` or a list of dicts)
                          batch_size: int = 8,  # batch size of the batched run
                          max_new_tokens: int = 32,  # completion budget (both runs)
+                         repeats: int = 3,  # timed runs of each path, interleaved (batched, one-by-one, one-by-one, batched, ...)
+                         warmup: bool = True,  # first run both paths once on one batch, untimed (lazy init, allocator, caches)
                          **kwargs):  # passed to `generate_completions` (prompt_column, image_column, ...)
-    "Time batched vs one-by-one greedy generation on the same rows; report the speed-up and output agreement."
+    "Time batched vs one-by-one greedy generation on the same rows (warm-up, interleaved repeats); report the speed-up and agreement."
+    if repeats < 1: raise ValueError(f"repeats must be >= 1, got {repeats}")
+    gen = lambda rows, bs: generate_completions(model, processor, rows, batch_size=bs, max_new_tokens=max_new_tokens,
+                                                desc=f"batch {bs}", progress=False, **kwargs)
     def timed(bs):
         if torch.cuda.is_available(): torch.cuda.synchronize()
         t0 = time.perf_counter()
-        out = generate_completions(model, processor, dataset, batch_size=bs, max_new_tokens=max_new_tokens,
-                                   desc=f"batch {bs}", progress=False, **kwargs)
+        out = gen(dataset, bs)
         if torch.cuda.is_available(): torch.cuda.synchronize()
         return out, time.perf_counter() - t0
-    batched, batched_s = timed(batch_size)
-    single, single_s = timed(1)
+    if warmup:
+        first = _rows(dataset, 0, min(batch_size, len(dataset)))
+        gen(first, batch_size); gen(first[:1], 1)
+    times, outs = {batch_size: [], 1: []}, {}
+    for r in range(repeats):
+        for bs in ((batch_size, 1) if r % 2 == 0 else (1, batch_size)):
+            outs[bs], t = timed(bs); times[bs].append(t)
+    batched, single = outs[batch_size], outs[1]
+    batched_s, single_s = float(np.median(times[batch_size])), float(np.median(times[1]))
+    per_repeat = [s / b for s, b in zip(times[1], times[batch_size])]
+    tok = getattr(processor, "tokenizer", processor)
+    n_tokens = lambda texts: sum(len(tok.encode(t, add_special_tokens=False)) for t in texts)
     same = [a == b for a, b in zip(batched, single)]
-    return dict(n=len(dataset), batch_size=batch_size, max_new_tokens=max_new_tokens,
-                batched_s=batched_s, single_s=single_s, ratio=single_s / batched_s,
+    distinct = len(set(batched))
+    return dict(n=len(dataset), batch_size=batch_size, max_new_tokens=max_new_tokens, repeats=repeats,
+                batched_s=batched_s, single_s=single_s, ratio=single_s / batched_s, ratio_min=min(per_repeat), ratio_max=max(per_repeat),
                 rows_per_s_batched=len(dataset) / batched_s, rows_per_s_single=len(dataset) / single_s,
-                agree=float(np.mean(same)) if same else float("nan"), mismatches=[i for i, s in enumerate(same) if not s],
-                distinct=len(set(batched)),  # 1 means every row got the same text: agreement then proves little
-                batched=batched, single=single)
+                tokens_per_s_batched=n_tokens(batched) / batched_s, tokens_per_s_single=n_tokens(single) / single_s,
+                agree=float(np.mean(same)) if same and distinct > 1 else None,  # one text for every row: agreement proves nothing
+                mismatches=[i for i, s in enumerate(same) if not s], distinct=distinct, batched=batched, single=single)

@@ -18,9 +18,10 @@ from .models import load_vlm, make_tiny_vlm, vlm_corpus, parse_tiny_name, cached
 
 # %% auto #0
 __all__ = ['WARM_START_MIX', 'RANK_QUESTION', 'CHOICE_QUESTION', 'DESCRIBE_QUESTION', 'PAIR_QUESTION', 'sft_config',
-           'HVRGRPOConfig', 'grpo_config', 'dapo_keep_mask', 'merge_rollouts', 'DynamicSamplingMixin', 'log_frame',
-           'train_sft', 'train_grpo', 'WarmStartExamples', 'generate_answers', 'rank_accuracy', 'pretrain_vision',
-           'WarmStart', 'warm_start_base', 'plot_log', 'last_checkpoint', 'ResumeMixin', 'rank_question_dataset']
+           'HVRGRPOConfig', 'grpo_config', 'dapo_keep_mask', 'dapo_round_size', 'merge_rollouts',
+           'DynamicSamplingMixin', 'log_frame', 'train_sft', 'train_grpo', 'WarmStartExamples', 'generate_answers',
+           'rank_accuracy', 'pretrain_vision', 'WarmStart', 'warm_start_base', 'plot_log', 'last_checkpoint',
+           'ResumeMixin', 'rank_question_dataset']
 
 # %% ../nbs/07_training.ipynb #65d73a12
 def _precision(profile):
@@ -60,20 +61,28 @@ class HVRGRPOConfig(GRPOConfig):
     dynamic_sampling: bool = field(default=False, metadata={"help": "DAPO: keep only groups whose mean accuracy lies strictly inside the bounds, refilling from new prompts."})
     dynamic_sampling_bounds: tuple = field(default=(0.01, 0.99), metadata={"help": "Open interval (low, high) for a group's mean accuracy."})
     dynamic_sampling_metric: str | None = field(default=None, metadata={"help": "Reward function whose score is the accuracy; default the first."})
-    dynamic_sampling_max_retries: int = field(default=20, metadata={"help": "Extra generation rounds per batch before padding with zero-advantage groups."})
+    dynamic_sampling_max_retries: int = field(default=20, metadata={"help": "Extra generation rounds per batch before padding with zero-advantage groups (0: no refill and no over-generation)."})
+    dynamic_sampling_max_oversample: float = field(default=4.0, metadata={"help": "Largest generation round, as a multiple of the batch's groups."})
+    dynamic_sampling_fill_z: float = field(default=0.5, metadata={"help": "Rounds are sized to fill the batch with probability about Phi(z) at the observed keep rate (higher on a GPU, where a round's fixed cost dominates)."})
+
+def _grpo_logging_steps(profile, steps):
+    "Per-step logs on CPU (the notebooks plot and test every step); on a GPU about 50 rows a run (each log syncs the device)."
+    return 1 if _precision(profile)["use_cpu"] else max(1, int(steps) // 50)
 
 def grpo_config(profile="smoke",  # a `Profile` or its name
                 output_dir=None,  # where the trainer writes; default a fresh temporary folder
+                logging_steps: int | None = None,  # optimiser steps per log row; None: `profile.train.logging_steps` if the profile has it, else 1 on CPU and max_steps / 50 on a GPU
                 **overrides):  # any `HVRGRPOConfig` field, e.g. max_steps=4, dynamic_sampling=True
     "An `HVRGRPOConfig` (a `trl.GRPOConfig`) from `profile.train`."
     profile = get_profile(profile) if isinstance(profile, str) else profile
     t = profile.train
+    logging_steps = logging_steps or getattr(t, "logging_steps", None) or _grpo_logging_steps(profile, overrides.get("max_steps", t.grpo_steps))
     seed = overrides.pop("seed", t.seeds[0] if t.seeds else 0)
     kw = _common(profile, output_dir or tempfile.mkdtemp(prefix="grpo-"), overrides.pop("max_steps", t.grpo_steps),
                  overrides.pop("learning_rate", t.learning_rate), seed)
     kw.update(per_device_train_batch_size=t.per_device_batch, num_generations=t.num_generations,
               max_completion_length=t.max_completion_length, temperature=t.temperature, top_p=t.top_p, beta=t.beta,
-              epsilon=t.epsilon, epsilon_high=t.epsilon_high, logging_steps=1)
+              epsilon=t.epsilon, epsilon_high=t.epsilon_high, logging_steps=int(logging_steps))
     kw.update(overrides)
     return HVRGRPOConfig(**kw)
 
@@ -85,6 +94,20 @@ def dapo_keep_mask(acc,  # [groups * G] per-completion accuracy, group after gro
     acc = torch.as_tensor(acc, dtype=torch.float32).view(-1, num_generations)
     mean = torch.nanmean(acc, dim=1)
     return (mean > bounds[0]) & (mean < bounds[1]) & ~torch.isnan(mean)
+
+# %% ../nbs/07_training.ipynb #c58fb8b6
+def dapo_round_size(needed: int,  # kept groups still missing (over all processes)
+                    keep_rate: float,  # the estimated probability that a group is kept
+                    cap: int,  # the most groups one round may generate
+                    z: float = 1.0):  # normal quantile of the chance that one round fills the batch (1.0: 84%)
+    "The fewest groups T (within [needed, cap]) with P(Binomial(T, keep_rate) >= needed) >= Phi(z)."
+    from scipy.stats import binom
+    if needed <= 0: return 0
+    r, cap = min(max(float(keep_rate), 1e-3), 1.0), max(int(cap), int(needed))
+    target = 0.5 * (1 + math.erf(z / math.sqrt(2)))
+    T = np.arange(int(needed), cap + 1)
+    ok = np.flatnonzero(binom.sf(needed - 1, T, r) >= target)
+    return int(T[ok[0]]) if len(ok) else cap
 
 # %% ../nbs/07_training.ipynb #47f3d8d7
 def merge_rollouts(batches,  # outputs of `_generate_and_score_completions` (pixel values split per sample)
@@ -117,6 +140,7 @@ def merge_rollouts(batches,  # outputs of `_generate_and_score_completions` (pix
         out[key] = torch.cat(picked)
     return out
 
+# %% ../nbs/07_training.ipynb #e265c699
 class DynamicSamplingMixin:
     "DAPO dynamic sampling for `GRPOTrainer` and its subclasses (put it first in the bases)."
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -136,31 +160,48 @@ class DynamicSamplingMixin:
         return keep, keep[p * n_local:(p + 1) * n_local]
 
     def _ds_fresh_inputs(self, n_prompts):
-        "n_prompts new training prompts, each repeated G times (TRL's layout)."
+        "n_prompts new training prompts, each repeated G times (TRL's layout); each row (and its image) decoded once."
         rng = getattr(self, "_ds_rng", None)
         if rng is None:
             rng = self._ds_rng = random.Random(self.args.seed * 7919 + self.accelerator.process_index)
-        idx = [rng.randrange(len(self.train_dataset)) for _ in range(n_prompts)]
-        return [dict(self.train_dataset[i]) for i in idx for _ in range(self.num_generations)]
+        rows = [dict(self.train_dataset[rng.randrange(len(self.train_dataset))]) for _ in range(n_prompts)]
+        return [dict(r) for r in rows for _ in range(self.num_generations)]
+
+    def _ds_round(self, needed, n_groups):
+        "Groups per process for a round that should keep `needed` more groups over all processes (the keep rate seen so far)."
+        kept, seen = getattr(self, "_ds_seen", (0, 0))
+        n_proc = self.accelerator.num_processes
+        cap = max(1, int(self.args.dynamic_sampling_max_oversample * n_groups * n_proc))
+        total = dapo_round_size(needed, (kept + 1) / (seen + 2), cap, self.args.dynamic_sampling_fill_z)  # Laplace's estimate
+        return -(-total // n_proc)
+
+    def _ds_count(self, keep_all):
+        "Add a round's global keep mask to the keep-rate tally."
+        kept, seen = getattr(self, "_ds_seen", (0, 0))
+        self._ds_seen = (kept + int(keep_all.sum()), seen + len(keep_all))
 
     def _generate_and_score_completions(self, inputs):
         from trl.trainer.utils import split_pixel_values_by_grid, unsplit_pixel_values_by_grid
-        out = super()._generate_and_score_completions(inputs)
-        if not (self.model.training and getattr(self.args, "dynamic_sampling", False)): return out
+        if not (self.model.training and getattr(self.args, "dynamic_sampling", False)):
+            return super()._generate_and_score_completions(inputs)
         G = self.num_generations
         if len(inputs) % G: raise ValueError(f"Dynamic sampling needs whole groups per process; got {len(inputs)} rows for G={G}")
-        n_groups = len(inputs) // G
-        keep_all, keep = self._ds_keep()
-        batches, masks, rounds = [split_pixel_values_by_grid(out)], [keep], 0
-        total_needed, total_kept = len(keep_all), int(keep_all.sum())
-        while total_kept < total_needed and rounds < self.args.dynamic_sampling_max_retries:
+        n_groups, retries = len(inputs) // G, self.args.dynamic_sampling_max_retries
+        total_needed = n_groups * self.accelerator.num_processes
+        extra = self._ds_round(total_needed, n_groups) - n_groups if retries > 0 and hasattr(self, "_ds_seen") else 0
+        out = super()._generate_and_score_completions(list(inputs) + self._ds_fresh_inputs(max(0, extra)))  # the batch, then extra prompts
+        keep_all, keep = self._ds_keep(); self._ds_count(keep_all)
+        first_frac = float(keep_all.view(self.accelerator.num_processes, -1)[:, :n_groups].float().mean())
+        batches, masks, rounds, total_kept, generated = [split_pixel_values_by_grid(out)], [keep], 0, int(keep_all.sum()), len(keep_all)
+        while total_kept < total_needed and rounds < retries:
             rounds += 1
-            more = super()._generate_and_score_completions(self._ds_fresh_inputs(n_groups))
-            keep_all_r, keep_r = self._ds_keep()
+            more = super()._generate_and_score_completions(self._ds_fresh_inputs(self._ds_round(total_needed - total_kept, n_groups)))
+            keep_all_r, keep_r = self._ds_keep(); self._ds_count(keep_all_r)
             batches.append(split_pixel_values_by_grid(more)); masks.append(keep_r)
-            total_kept += int(keep_all_r.sum())
-        self._metrics["train"]["dynamic_sampling/kept_frac"].append(float(keep_all.float().mean()))
+            total_kept += int(keep_all_r.sum()); generated += len(keep_all_r)
+        self._metrics["train"]["dynamic_sampling/kept_frac"].append(first_frac)
         self._metrics["train"]["dynamic_sampling/rounds"].append(float(rounds))
+        self._metrics["train"]["dynamic_sampling/generated_groups"].append(float(generated))
         kept = [(b, g) for b, m in enumerate(masks) for g in range(len(m)) if m[g]][:n_groups]
         dropped = [(b, g) for b, m in enumerate(masks) for g in range(len(m)) if not m[g]]
         groups = kept + dropped[:n_groups - len(kept)]
