@@ -13,12 +13,14 @@ from .runs import PaperSetting, paper_profile, trainer_settings, train_and_evalu
 
 # %% auto #0
 __all__ = ['PAPER_SETTINGS', 'SMOKE_SETTINGS', 'LEVELS', 'EXPERIMENTS', 'BALANCED_STRATA', 'ID_ATTRIBUTES', 'CHIMP_ATTRIBUTES',
-           'ACCELERATE_KINDS', 'taxonrl_prompt', 'reference_completion', 'pack_ground_truth', 'to_taxonrl',
-           'method_spec', 'paper_pairs', 'taxonrl_pairs', 'show_pairs', 'schema_target', 'binary_schema_target',
-           'taxonrl_base', 'verification_hit', 'grpo_overrides', 'taxonrl_evaluation', 'run_method', 'accuracy_per_run',
-           'accuracy_table', 'intermediate_table', 'length_table', 'binary_vs_concrete', 'trace_table',
-           'run_experiment', 'paper_table', 'identity_pairs', 'identity_prompt', 'attribute_reward', 'identity_target',
-           'identity_spec', 'identity_data', 'accelerate_config', 'write_accelerate_configs', 'parse_args', 'main']
+           'CHIMPFACE_PAIRS', 'ACCELERATE_KINDS', 'input_limits', 'taxonrl_prompt', 'reference_completion',
+           'pack_ground_truth', 'to_taxonrl', 'drop_overlong', 'method_spec', 'paper_pairs', 'lookalike_pairs',
+           'taxonrl_pairs', 'show_pairs', 'schema_target', 'binary_schema_target', 'taxonrl_base', 'verification_hit',
+           'grpo_overrides', 'taxonrl_evaluation', 'run_method', 'accuracy_per_run', 'accuracy_table',
+           'intermediate_table', 'length_table', 'binary_vs_concrete', 'trace_table', 'run_experiment', 'paper_table',
+           'identity_pairs', 'identity_prompt', 'attribute_reward', 'identity_target', 'identity_spec',
+           'identity_pair_counts', 'identity_data', 'accelerate_config', 'write_accelerate_configs', 'parse_args',
+           'main']
 
 # %% ../nbs/10_taxonrl.ipynb #49f90612
 PAPER_SETTINGS = [
@@ -41,12 +43,32 @@ PAPER_SETTINGS = [
     PaperSetting("prompts per step", "grpo.gradient_accumulation_steps", 16,
                  'Sec. 4: "a global batch size of 96" on 6 GPUs = 6 processes x 1 prompt x 16 micro-steps (one prompt\'s 16 rollouts per micro-step)'),
     PaperSetting("full fine-tuning", "model__lora", False, 'Sec. 4: "All parameters are updated during training"'),
+    PaperSetting("max prompt tokens", "data.max_prompt_length", 2048,
+                 "not in the text; the released config: max_prompt_length 2,048 with filter_overlong_prompts (longer training prompts, images included, are dropped, not cut)"),
+    PaperSetting("min image pixels", "data.min_pixels", 262_144, "not in the text; the released config: min_pixels 262,144 (512 x 512)"),
+    PaperSetting("max image pixels", "data.max_pixels", 4_194_304,
+                 "not in the text; the released config: max_pixels 4,194,304 (2048 x 2048); its bird pairs are stored at 800 px"),
 ]
 
 # %% ../nbs/10_taxonrl.ipynb #3e6f090f
 SMOKE_SETTINGS = dict(train__temperature=0.7, train__learning_rate=5e-4, train__num_generations=4,
                       train__per_device_batch=32, train__grpo_steps=60, train__max_completion_length=48,
                       train__seeds=(0, 1, 2), eval__max_new_tokens=48, eval__n_eval=128)  # TaxonRL's CPU recipe (see "The smoke recipe")
+
+# %% ../nbs/10_taxonrl.ipynb #caa732ef
+def input_limits(prof):  # a `Profile`
+    "A run's prompt-length and image-size limits: the released config's in `paper`, none (the processor's own) otherwise."
+    if prof.name == "paper": return trainer_settings(PAPER_SETTINGS, "data")
+    return dict(max_prompt_length=None, min_pixels=None, max_pixels=None)
+
+def _limit_pixels(processor, min_pixels=None, max_pixels=None, **kw):
+    "Set the image processor's pixel range in place (as `load_vlm(min_pixels=, max_pixels=)`); return the processor."
+    if min_pixels is None and max_pixels is None: return processor
+    size = dict(processor.image_processor.size)
+    if min_pixels is not None: size["shortest_edge"] = int(min_pixels)
+    if max_pixels is not None: size["longest_edge"] = int(max_pixels)
+    processor.image_processor.size = size
+    return processor
 
 # %% ../nbs/10_taxonrl.ipynb #e17de25e
 LEVELS = ("order", "family", "genus")  # the intermediate ranks TaxonRL names, top-down
@@ -120,6 +142,18 @@ def to_taxonrl(pairs,  # `datasets.Dataset` of pairs: images (2), label, stratum
     messages = _pair_messages(taxonrl_prompt(levels, binary, subject))
     return pairs.map(lambda r: {"prompt": messages, "ground_truth": pack_ground_truth(r, levels)})
 
+# %% ../nbs/10_taxonrl.ipynb #c566a84b
+def drop_overlong(pairs,  # prepared pairs (`to_taxonrl`): 'prompt' and 'images'
+                  processor,  # the model's processor, with the run's pixel limits
+                  max_tokens: int):  # longest prompt kept, image tokens included
+    "The pairs whose chat prompt, both images' tokens included, fits `max_tokens` (the released loader's filter_overlong_prompts)."
+    keep = []
+    for k in range(len(pairs)):
+        r = pairs[k]
+        text = processor.apply_chat_template(r["prompt"], tokenize=False, add_generation_prompt=True)
+        if processor(text=[text], images=list(r["images"]), return_tensors="pt")["input_ids"].shape[1] <= int(max_tokens): keep.append(k)
+    return pairs.select(keep)
+
 # %% ../nbs/10_taxonrl.ipynb #112eed10
 EXPERIMENTS = {"main": ("zero-shot", "grpo", "taxonrl"), "binary": ("binary",),
                "weights": ("taxonrl-paper-weights", "tax-w0.2", "tax-w0.6", "tax-w0.8")}
@@ -163,6 +197,30 @@ def paper_pairs(data_root,  # folder holding birds_to_words/ and danish_fungi/ i
     if not out: raise FileNotFoundError(f"{root} holds neither birds_to_words/ nor danish_fungi/ (see hvr_nbs.loaders.DATASET_LAYOUTS)")
     return out
 
+# %% ../nbs/10_taxonrl.ipynb #a0d62ace
+def lookalike_pairs(images,  # rendered images with a 'species' column (SynthTaxa's `dataset`)
+                    taxonomy,  # the world's `Taxonomy`
+                    lookalikes,  # (model, mimic) species drawn alike, from different root taxa (SynthTaxa's `world.lookalikes`)
+                    n_pairs: int,  # pairs to draw, spread evenly over the look-alike pairs
+                    seed: int = 0):  # sampling seed
+    "The 'visual' stratum from designed look-alikes: pairs of one image of a model species and one of its mimic."
+    import datasets as hfds
+    from hvr_nbs.data import verification_pairs
+    lookalikes = [tuple(p) for p in lookalikes]
+    if not lookalikes: raise ValueError("lookalike_pairs needs at least one (model, mimic) pair; without designed look-alikes "
+                                        "use the embedding route, verification_pairs(..., embed_fn=...)")
+    near = [p for p in lookalikes if taxonomy.distance(*p) < len(taxonomy.ranks)]
+    if near: raise ValueError(f"lookalike_pairs: {near} share a {taxonomy.ranks[0]}; look-alikes must come from distant taxa")
+    sp, k = list(images["species"]), len(lookalikes)
+    parts = []
+    for i, ((a, b), n) in enumerate(zip(lookalikes, [n_pairs // k + (i < n_pairs % k) for i in range(k)])):
+        if n == 0: continue
+        sub = images.select([j for j, s in enumerate(sp) if s in (a, b)])
+        if set(sub["species"]) != {a, b}: raise ValueError(f"lookalike_pairs: no images of {sorted({a, b} - set(sub['species']))}")
+        p = verification_pairs(sub, taxonomy.subset([a, b]), n_pairs=n, seed=seed + i, proportions={"different": 1})
+        parts.append(p.map(lambda r: {"stratum": "visual"}))  # within {model, mimic}, 'different' pairs are model x mimic
+    return hfds.concatenate_datasets(parts) if parts else None
+
 # %% ../nbs/10_taxonrl.ipynb #10af37e6
 BALANCED_STRATA = dict(visual=1, same_species=5, same_genus=1, same_family=1, same_order=1, different=1)  # half same-species
 
@@ -182,10 +240,15 @@ def taxonrl_pairs(prof,  # a `Profile`
     world = make_world(prof)
     n_test = max(8, prof.eval.n_eval)
     n = n_pairs or max(96, 4 * n_test)
+    props = dict(proportions or BALANCED_STRATA)
     def pairs(offset, k):  # each split renders its own images: no test image is a training or warm-start image
-        imgs = world.dataset(prof.world.images_per_species, seed=seed + offset)
-        return verification_pairs(imgs, world.taxonomy, n_pairs=k, embed_fn=mean_colour_embed, seed=seed + offset,
-                                  proportions=proportions or BALANCED_STRATA)
+        imgs, s = world.dataset(prof.world.images_per_species, seed=seed + offset), seed + offset
+        if not (world.lookalikes and props.get("visual", 0) > 0):  # no designed look-alikes: embedding nearest neighbours
+            return verification_pairs(imgs, world.taxonomy, n_pairs=k, embed_fn=mean_colour_embed, seed=s, proportions=props)
+        n_vis = int(round(k * props["visual"] / sum(props.values())))
+        rest = verification_pairs(imgs, world.taxonomy, n_pairs=k - n_vis, seed=s, proportions={t: w for t, w in props.items() if t != "visual"})
+        vis = lookalike_pairs(imgs, world.taxonomy, world.lookalikes, n_vis, seed=s)
+        return hfds.concatenate_datasets([rest, vis]).shuffle(seed=s).flatten_indices() if vis is not None else rest
     return hfds.DatasetDict(train=pairs(40_000, n), validation=pairs(45_000, n_test), test=pairs(50_000, n_test))
 
 # %% ../nbs/10_taxonrl.ipynb #4309f77a
@@ -307,11 +370,12 @@ def taxonrl_evaluation(test,  # prepared test pairs (`to_taxonrl`)
     from hvr_nbs.evaluation import evaluate, sample_completions, sampling_summary
     e, t = prof.eval, prof.train
     def run(model, processor):
+        _limit_pixels(processor, **input_limits(prof))  # the run's image-size limits (the zero-shot start included)
         df = evaluate(model, processor, test, {f.__name__: f for f in scorers}, batch_size=e.batch_size,
                       max_new_tokens=e.max_new_tokens, columns=_trace_cols(test), progress=False)
         df["hit"] = verification_hit(df["completion"].tolist(), df["label"].tolist())
         samples = sample_completions(model, processor, test, n=e.n_samples, temperature=t.temperature, top_p=t.top_p,
-                                     max_new_tokens=e.max_new_tokens, batch_size=e.batch_size)
+                                     max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, progress=False)
         hits = np.array([verification_hit(s, [y] * len(s)) for s, y in zip(samples, test["label"])])
         summ = sampling_summary(hits).iloc[0]
         fmt = [f for f in scorers if f.__name__ == "taxonrl_format_reward"]
@@ -322,28 +386,66 @@ def taxonrl_evaluation(test,  # prepared test pairs (`to_taxonrl`)
     return run
 
 # %% ../nbs/10_taxonrl.ipynb #44debc14
+def _label_balanced(ds,  # a pair data set with 'label' and 'stratum'
+                    n: int):  # rows to keep
+    "`n` rows, half of them positive (label 1), the negatives taken round-robin over their strata."
+    lab, st = list(ds["label"]), list(ds["stratum"])
+    pos, by = [i for i, y in enumerate(lab) if y == 1][: n // 2], {}
+    for i, (s, y) in enumerate(zip(st, lab)):
+        if y != 1: by.setdefault(s, []).append(i)
+    neg = [v[k] for k in range(max(map(len, by.values()), default=0)) for v in by.values() if k < len(v)]
+    return ds.select(sorted(pos + neg[:n - len(pos)]))
+
+def _heldout_probe(rows,  # prepared held-out pairs (validation split, not test)
+           prof,  # a `Profile`: the sampling temperature and the evaluation budget
+           n: int = 4):  # samples per pair
+    "The held-out probe during GRPO: greedy and sampled verification accuracy on a few validation pairs, cheap enough to repeat."
+    from hvr_nbs.evaluation import generate_completions, sample_completions
+    e, t, lim = prof.eval, prof.train, input_limits(prof)
+    def probe(model, processor):
+        _limit_pixels(processor, **lim)
+        greedy = generate_completions(model, processor, rows, batch_size=e.batch_size, max_new_tokens=e.max_new_tokens, progress=False)
+        samples = sample_completions(model, processor, rows, n=n, temperature=t.temperature, top_p=t.top_p,
+                                     max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, progress=False)
+        return {"greedy accuracy": float(np.mean(verification_hit(greedy, rows["label"]))),
+                "sampled accuracy": float(np.mean([verification_hit(s, [y] * len(s)) for s, y in zip(samples, rows["label"])]))}
+    return probe
+
 def run_method(method: str,  # a method of `EXPERIMENTS`, e.g. 'taxonrl'
-               data,  # DatasetDict of pairs with 'train' and 'test' (`taxonrl_pairs`)
+               data,  # DatasetDict of pairs with 'train' and 'test' (and 'validation' for the probe) (`taxonrl_pairs`)
                base_dir,  # the base checkpoint folder (warm-started tiny VLM, or the paper's model)
                prof,  # a `Profile`
                seed: int = 0,  # the run's seed
                steps: int | None = None,  # GRPO steps; default the profile's train.grpo_steps
                n_eval: int | None = None,  # test pairs to evaluate; default all
                out_dir=None,  # run folder; default a fresh `run_dir`
-               spec: dict | None = None):  # a method spec (as `method_spec` returns) instead of the named one
+               spec: dict | None = None,  # a method spec (as `method_spec` returns) instead of the named one
+               n_probe: int | None = None):  # validation pairs the held-out probe scores 4 times per run; default min(32, n_eval); 0: no probe
     "One TaxonRL method and seed on the shared skeleton: GRPO from the base (none for 'zero-shot'), then `taxonrl_evaluation`."
     spec = spec or method_spec(method)
     prep = spec.get("prepare") or (lambda d: to_taxonrl(d, binary=spec["binary"]))
     test = prep(data["test"])
     if n_eval: test = _balanced_subset(test, int(n_eval))
-    grpo = None
+    lim, grpo, probe, every = input_limits(prof), None, None, 0
     if spec["train"]:
-        grpo = dict(grpo_overrides(prof), dataset=prep(data["train"]), reward_funcs=list(spec["reward_funcs"]) + [verification_hit],
+        train = prep(data["train"])
+        if lim["max_prompt_length"]:  # `paper`: the released loader drops training prompts over the limit
+            from transformers import AutoProcessor
+            from hvr_nbs.models import resolve_checkpoint
+            train = drop_overlong(train, _limit_pixels(AutoProcessor.from_pretrained(resolve_checkpoint(base_dir)), **lim),
+                                  lim["max_prompt_length"])
+        grpo = dict(grpo_overrides(prof), dataset=train, reward_funcs=list(spec["reward_funcs"]) + [verification_hit],
                     reward_weights=list(spec["reward_weights"]) + [0.0])  # verification_hit: logged, weight 0
+        if lim["min_pixels"] or lim["max_pixels"]: grpo["trainer_kw"] = dict(min_pixels=lim["min_pixels"], max_pixels=lim["max_pixels"])
         if steps is not None: grpo["max_steps"] = int(steps)
+        n_steps = int(steps) if steps is not None else prof.train.grpo_steps
+        k = min(32, prof.eval.n_eval) if n_probe is None else int(n_probe)
+        if k > 0 and "validation" in data and prof.name != "paper" and n_steps > 0:  # paper: epochs, no probe (as 13)
+            probe, every = _heldout_probe(_label_balanced(prep(data["validation"]), k), prof), max(1, n_steps // 4)
     return train_and_evaluate(method, prof, base_dir, taxonrl_evaluation(test, spec["reward_funcs"], prof), seed=seed,
                               grpo=grpo, out_dir=out_dir, experiment="taxonrl", binary=spec["binary"],
-                              n_train=len(data["train"]), n_test=len(test))
+                              n_train=len(grpo["dataset"]) if grpo else len(data["train"]), n_test=len(test),
+                              probe=probe, probe_every=every)
 
 # %% ../nbs/10_taxonrl.ipynb #f519d312
 _STRATUM_COLUMNS = {"visual": "Visual", "same_species": "Same Species", "same_genus": "Same Genus",
@@ -516,7 +618,7 @@ ID_ATTRIBUTES = ("age", "sex")  # the individual's traits SynthTaxa draws (the p
 
 def identity_pairs(images,  # image rows with 'image', 'species', 'individual' and the attribute columns (SynthTaxa's `dataset`)
                    attributes=ID_ATTRIBUTES,  # attribute columns to carry as truth
-                   n_pairs: int = 64,  # pairs per split (half same individual, half another individual of the species)
+                   n_pairs: int | dict = 64,  # pairs per split, or {split: pairs} (half same individual, half another individual of the species)
                    splits=(0.7, 0.15, 0.15),  # train / validation / test shares of the individuals
                    seed: int = 0):  # sampling seed
     "Open-set identity pairs (same individual vs another individual of the same species), split by individual."
@@ -537,7 +639,8 @@ def identity_pairs(images,  # image rows with 'image', 'species', 'individual' a
         members = set(members.tolist())
         sub = images.select([k for k, i in enumerate(ind) if i in members])
         if not len(sub): raise ValueError(f"identity_pairs: no individuals for the {split} split; render more individuals")
-        p = verification_pairs(sub, tax.subset(sorted(members)), n_pairs=n_pairs, seed=seed, label_col="individual",
+        k = n_pairs[split] if isinstance(n_pairs, dict) else n_pairs
+        p = verification_pairs(sub, tax.subset(sorted(members)), n_pairs=k, seed=seed, label_col="individual",
                                proportions={"same_individual": 1, "same_species": 1})
         for k in attributes:
             for j in ("1", "2"): p = p.add_column(f"{k}{j}", [attr[k][x] for x in p[f"image_id{j}"]])
@@ -600,20 +703,33 @@ def identity_spec(name: str,  # 'zero-shot', 'grpo' or 'taxonrl'
     return dict(name=name, train=train, binary=False, reward_funcs=funcs, reward_weights=w, prepare=prepare)
 
 # %% ../nbs/10_taxonrl.ipynb #f6696398
-CHIMP_ATTRIBUTES = ("age_group", "sex")  # ChimpFace's metadata used as intermediate targets (the paper: age groups)
+CHIMP_ATTRIBUTES = ("age_group",)  # ChimpFace's metadata the paper uses as intermediate targets (Sec. 6.1: age groups)
+CHIMPFACE_PAIRS = 5_500  # Sec. 6.1: "this dataset contains 5,500 pairs derived from 90 individuals"
+
+def identity_pair_counts(total: int = CHIMPFACE_PAIRS,  # pairs over all splits
+                         splits=(0.7, 0.15, 0.15)):  # train / validation / test shares (Sec. 6.1)
+    "Pairs per split: `total` shared out 70/15/15 (largest remainder), as {'train', 'validation', 'test'}."
+    raw = np.array(splits, float) / sum(splits) * int(total)
+    n = np.floor(raw).astype(int)
+    n[np.argsort(-(raw - n), kind="stable")[:int(total) - n.sum()]] += 1
+    return dict(zip(["train", "validation", "test"], n.tolist()))
+
+def _identity_task(prof):  # a `Profile`
+    "The identity task's (attributes, subject) for a profile: ChimpFace's age group (paper data), SynthTaxa's age and sex."
+    return (CHIMP_ATTRIBUTES, "chimpanzee") if prof.name == "paper" or prof.data_root else (ID_ATTRIBUTES, "animal")
 
 def identity_data(prof,  # a `Profile`
                   seed: int = 0,  # rendering and sampling seed
-                  n_pairs: int | None = None):  # pairs per split at most
-    "Open-set identity-verification pairs for a profile: SynthTaxa individuals, or (paper) the ChimpFace layout."
-    n_pairs = n_pairs or max(16, prof.eval.n_eval)
+                  n_pairs: int | dict | None = None):  # pairs per split (or {split: pairs}); default: the paper's 5,500 split 70/15/15 (ChimpFace), else max(16, n_eval)
+    "Open-set identity-verification pairs for a profile: SynthTaxa individuals, or (paper) ChimpFace with the paper's counts."
     if prof.name == "paper" or prof.data_root:
         from hvr_nbs.loaders import load_chimpface
         ds = load_chimpface(Path(prof.data_root or ".")/"chimpface").dataset
         if "species" not in ds.column_names: ds = ds.add_column("species", ["Pan troglodytes"] * len(ds))
-        return identity_pairs(ds, attributes=CHIMP_ATTRIBUTES, n_pairs=n_pairs, seed=seed)
+        return identity_pairs(ds, attributes=CHIMP_ATTRIBUTES, n_pairs=n_pairs or identity_pair_counts(CHIMPFACE_PAIRS), seed=seed)
     from hvr_nbs.synthetic import make_world
     world = make_world(prof)
+    n_pairs = n_pairs or max(16, prof.eval.n_eval)
     return identity_pairs(world.dataset(max(4, prof.world.images_per_species // 2), seed=seed + 1000), n_pairs=n_pairs, seed=seed)
 
 # %% ../nbs/10_taxonrl.ipynb #24b4efbb

@@ -96,3 +96,73 @@ def test_command_line_trains_and_writes_tables(tmp_path):
     for f in ("table1_accuracy.csv", "table3_lengths.csv", "manifest.json", "train_logs.csv"): assert (out/f).exists(), f
     for m in ("zero-shot", "grpo"): assert (out/f"{m}-s0"/"manifest.json").exists() and (out/f"{m}-s0"/"completions.csv").exists(), m
     assert (out/"grpo-s0"/"train_log.csv").exists()  # only the trained method has a training log
+
+
+def test_smoke_visual_pairs_are_designed_lookalikes():
+    "Every smoke 'visual' pair shows a model species and its designed mimic (SynthTaxa's world.lookalikes), from different orders."
+    from hvr_nbs.core import get_profile
+    from hvr_nbs.synthetic import make_world
+    from hvr_nbs.taxonrl import taxonrl_pairs
+    prof = get_profile("smoke", eval__n_eval=16)
+    designed = {frozenset(p) for p in make_world(prof).lookalikes}
+    assert designed, "the smoke world draws look-alike pairs"
+    data = taxonrl_pairs(prof, seed=0)
+    for split, d in data.items():
+        rows = list(zip(d["stratum"], d["species1"], d["species2"], d["order1"], d["order2"], d["label"]))
+        vis = [r for r in rows if r[0] == "visual"]
+        assert len(vis) >= 2, split
+        for _, a, b, o1, o2, y in vis: assert frozenset((a, b)) in designed and o1 != o2 and y == 0, (split, a, b)
+        # and no designed look-alike pair hides in another stratum
+        assert not [r for r in rows if r[0] != "visual" and frozenset(r[1:3]) in designed], split
+        assert {frozenset(r[1:3]) for r in vis} == designed  # both look-alike pairs are used
+
+
+def test_lookalike_pairs_rejects_near_or_missing_lookalikes():
+    from hvr_nbs.core import get_profile
+    from hvr_nbs.synthetic import make_world
+    from hvr_nbs.taxonrl import lookalike_pairs
+    w = make_world(get_profile("smoke"))
+    imgs = w.dataset(2, seed=1)
+    with pytest.raises(ValueError, match="embedding route"): lookalike_pairs(imgs, w.taxonomy, [], 4)
+    same_order = [(a, b) for a in w.species for b in w.species if a != b and w.taxonomy.distance(a, b) < len(w.taxonomy.ranks)][:1]
+    with pytest.raises(ValueError, match="distant taxa"): lookalike_pairs(imgs, w.taxonomy, same_order, 4)
+    out = lookalike_pairs(imgs, w.taxonomy, w.lookalikes, 5)
+    assert len(out) == 5 and set(out["stratum"]) == {"visual"}
+
+
+def test_chimpface_table4_counts_and_attributes(tmp_path):
+    "Table 4 (paper profile): the paper's 5,500 ChimpFace pairs shared 70/15/15 and only the age group as attribute."
+    import warnings
+    from hvr_nbs.core import get_profile
+    from hvr_nbs.loaders import make_fixture, load_chimpface
+    from hvr_nbs.taxonrl import (identity_pair_counts, identity_pairs, CHIMP_ATTRIBUTES, CHIMPFACE_PAIRS, _identity_task,
+                                 identity_spec, identity_prompt)
+    assert CHIMPFACE_PAIRS == 5_500 and CHIMP_ATTRIBUTES == ("age_group",)
+    assert identity_pair_counts() == {"train": 3850, "validation": 825, "test": 825}
+    for total in (7, 100, 5_501): assert sum(identity_pair_counts(total).values()) == total
+    assert _identity_task(get_profile("paper")) == (("age_group",), "chimpanzee")
+    assert "<age_group>" in identity_prompt(CHIMP_ATTRIBUTES) and "<sex>" not in identity_prompt(CHIMP_ATTRIBUTES)
+    spec = identity_spec("taxonrl", CHIMP_ATTRIBUTES, "chimpanzee")
+    good = "<think><age_group>Adult; Infant</age_group></think><answer>0.1000</answer>"
+    assert spec["reward_funcs"][2]([good], age_group1=["Adult"], age_group2=["Infant"], label=[0]) == [1.0]
+    ds = load_chimpface(make_fixture("chimpface", tmp_path/"chimpface", n_classes=4, n_per_class=4)).dataset
+    ds = ds.add_column("species", ["Pan troglodytes"] * len(ds))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = identity_pairs(ds, attributes=CHIMP_ATTRIBUTES, n_pairs=dict(train=6, validation=4, test=4), splits=(0.5, 0.25, 0.25))
+    assert {k: len(v) for k, v in p.items()} == dict(train=6, validation=4, test=4)
+    assert "age_group1" in p["test"].column_names and "sex1" not in p["test"].column_names
+
+
+def test_paper_input_limits_in_the_settings_table():
+    "The paper run's prompt-length and image-size limits are the released config's and show in the settings table."
+    from hvr_nbs.core import get_profile
+    from hvr_nbs.runs import settings_table, check_settings, paper_profile
+    from hvr_nbs.taxonrl import PAPER_SETTINGS, input_limits, grpo_overrides
+    pp = paper_profile(PAPER_SETTINGS)
+    assert input_limits(pp) == dict(max_prompt_length=2048, min_pixels=262_144, max_pixels=4_194_304)
+    assert input_limits(get_profile("smoke"))["max_pixels"] is None
+    t = check_settings(settings_table(PAPER_SETTINGS, {"paper run": (pp, {"grpo": grpo_overrides(pp), "data": input_limits(pp)})}))
+    assert t.loc["max prompt tokens", "paper run"] == 2048 and t.loc["max image pixels", "paper run"] == 4_194_304
+    with pytest.raises(AssertionError):  # a run without the limits disagrees with the paper
+        check_settings(settings_table(PAPER_SETTINGS, {"paper run": (pp, {"grpo": grpo_overrides(pp), "data": input_limits(get_profile("smoke"))})}))
