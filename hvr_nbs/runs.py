@@ -193,7 +193,9 @@ def train_and_evaluate(method: str,  # the method's name (run folder, 'method' c
     log = pd.concat(logs, ignore_index=True) if logs else pd.DataFrame()
     model_dir = None
     state = _dist_state()
-    if trainer is None: model, processor = load_vlm(str(start))
+    if trainer is None:  # nothing trained (zero-shot, a cached model): evaluated on the main process only
+        if state is not None and not state.is_main_process: return RunResult(method, seed, pd.DataFrame(), {}, log, out, dict(train=t_train))
+        model, processor = load_vlm(str(start))
     else:
         model, processor = trainer.model, trainer.processing_class
         if state is not None or keep_model: model_dir = save_checkpoint(trainer, out/"model")

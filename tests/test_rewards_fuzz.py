@@ -4,14 +4,16 @@ reward returns one finite float per completion inside its documented range (`fn.
 Over 10,000 generated outputs in total (see BUDGET; `test_zz_total_examples` checks the count actually run):
 random Unicode, tag soup (unclosed, nested, repeated, spaced tags), TaxonRL-shaped outputs with NaN / inf /
 negative / over-1 / badly formatted probabilities, malformed and truncated JSON box lists, huge outputs,
-conversational wrappers and junk objects, and whole GRPO groups. Runs derandomized (reproducible in CI);
-set HVR_FUZZ_RANDOM=1 for fresh random examples.
+conversational wrappers and junk objects, and whole GRPO groups. Runs derandomized with no example database, so
+every run replays the same examples whichever test files run with it (tests/conftest.py fixes the rest under
+HYPOTHESIS_PROFILE=ci); set HVR_FUZZ_RANDOM=1 for fresh random examples. HVR_FUZZ_DIGEST=<file> writes a digest of
+the examples each test ran, to compare two runs.
 """
-import json, math, os
-from collections import Counter
+import hashlib, json, math, os
+from collections import Counter, defaultdict
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from hvr_nbs.rewards import (ALL_REWARDS, BCE_EPS, make_taxonrl_reward, parse_detections, parse_json_list,
                              parse_option_letter, parse_probability, parse_tag, parse_taxon_pairs, parse_binary_tags,
@@ -22,6 +24,7 @@ from hvr_nbs.rewards import (ALL_REWARDS, BCE_EPS, make_taxonrl_reward, parse_de
 BUDGET = {"unicode": 2500, "tag_soup": 2500, "taxonrl": 2000, "json": 2000, "wrappers": 800, "groups": 300, "huge": 30,
           "duplicates": 300}
 COUNTS = Counter()
+DIGESTS = defaultdict(hashlib.sha256)   # per test: a digest of every example it ran, in order
 
 
 def _settings(name):
@@ -81,8 +84,9 @@ EXTRA_REWARDS = {  # non-default settings, with their own ranges
 }
 
 
-def check_rewards(completions, gt):
+def check_rewards(completions, gt, test=None):
     "Every reward: one finite float per completion, inside its documented range; parsers keep their contracts."
+    if test: DIGESTS[test].update(repr((completions, gt)).encode("utf-8", "surrogatepass"))
     n = len(completions)
     for name, (f, columns) in {**ALL_REWARDS, **EXTRA_REWARDS}.items():
         kw = _kwargs(columns, gt, n)
@@ -234,43 +238,54 @@ HUGE = st.sampled_from([
 @_settings("unicode")
 @given(st.text(max_size=300), ground_truth())
 def test_random_unicode(text, gt):
-    check_rewards([text], gt); COUNTS["unicode"] += 1
+    check_rewards([text], gt, "unicode"); COUNTS["unicode"] += 1
 
 
 @_settings("tag_soup")
 @given(TAG_SOUP, ground_truth())
 def test_tag_soup(text, gt):
-    check_rewards([text], gt); COUNTS["tag_soup"] += 1
+    check_rewards([text], gt, "tag_soup"); COUNTS["tag_soup"] += 1
 
 
+def _certain_gt(label):
+    "A fixed ground truth whose label makes a certain answer (1.0000 / 0.0000) maximally wrong."
+    tax = {f"{l}{j}": n for l, n in (("order", "Coraciiformes"), ("family", "Meropidae"), ("genus", "Merops")) for j in (1, 2)}
+    return dict(label=label, tax=tax, name="Merops", letter="A", boxes=[], stage=None)
+
+
+# explicit examples: a certain, wrong answer scores the unbounded correctness's minimum ln(1e-15), not below it
+# (1 - (1 - 1e-15) < 1e-15 in floats); generation alone met this case only in some file selections
 @_settings("taxonrl")
+@example("<think>x</think><answer>1.0000</answer>", _certain_gt(0))
+@example("<think>x</think><answer>0.0000</answer>", _certain_gt(1))
+@example("<think><order>Coraciiformes; Coraciiformes</order></think><answer>1.0000</answer>", _certain_gt(0))
 @given(taxonrl_output(), ground_truth())
 def test_taxonrl_shaped(text, gt):
-    check_rewards([text], gt); COUNTS["taxonrl"] += 1
+    check_rewards([text], gt, "taxonrl"); COUNTS["taxonrl"] += 1
 
 
 @_settings("json")
 @given(json_output(), ground_truth())
 def test_json_boxes(text, gt):
-    check_rewards([text], gt); COUNTS["json"] += 1
+    check_rewards([text], gt, "json"); COUNTS["json"] += 1
 
 
 @_settings("wrappers")
 @given(wrapped(), ground_truth())
 def test_conversational_and_junk(completion, gt):
-    check_rewards([completion], gt); COUNTS["wrappers"] += 1
+    check_rewards([completion], gt, "wrappers"); COUNTS["wrappers"] += 1
 
 
 @_settings("groups")
 @given(st.lists(wrapped(), min_size=1, max_size=8), ground_truth())
 def test_grpo_groups(completions, gt):
-    check_rewards(completions, gt); COUNTS["groups"] += 1
+    check_rewards(completions, gt, "groups"); COUNTS["groups"] += 1
 
 
 @_settings("huge")
 @given(HUGE, ground_truth())
 def test_huge_outputs(text, gt):
-    check_rewards([text], gt); COUNTS["huge"] += 1
+    check_rewards([text], gt, "huge"); COUNTS["huge"] += 1
 
 
 BOX = st.tuples(st.integers(0, 40), st.integers(0, 40), st.integers(1, 30), st.integers(1, 30)).map(
@@ -292,6 +307,7 @@ def test_repeated_positions_change_nothing(items, copies, gt):
     for it in items: first.setdefault(tuple(it["Position"]), it)
     dedup = list(first.values())
     wrap = lambda xs: "<think>boxes</think><answer>" + json.dumps(xs) + "</answer>"
+    DIGESTS["duplicates"].update(repr((items, copies, gt)).encode())
     for f in (visual_rft_iou_reward, visual_rft_confidence_reward):
         a, b, c = f([wrap(dup), wrap(items), wrap(dedup)], boxes=[gt] * 3)
         assert a == b == c, (f.__name__, a, b, c)
@@ -303,6 +319,9 @@ def test_zz_total_examples():
     assert sum(BUDGET.values()) >= 10_000
     if set(COUNTS) != set(BUDGET): pytest.skip("not all fuzz tests ran in this session (e.g. -k selection)")
     print(f"fuzzed outputs per test: {dict(COUNTS)}; total {sum(COUNTS.values())}")
+    if os.environ.get("HVR_FUZZ_DIGEST"):
+        with open(os.environ["HVR_FUZZ_DIGEST"], "w") as f:
+            json.dump({k: [COUNTS[k], d.hexdigest()] for k, d in sorted(DIGESTS.items())}, f, indent=1)
     assert sum(COUNTS.values()) >= 10_000
 
 
