@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_vl_taxon.ipynb #2f5d5798
 from __future__ import annotations
-import math, shutil, time
+import math, shutil, time, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -15,14 +15,15 @@ from .evaluation import learning_check
 from .runs import PaperSetting, paper_profile, trainer_settings, train_and_evaluate, learning_records, paper_cli, cli_profile
 
 # %% auto #0
-__all__ = ['SMOKE_RECIPE', 'PAPER_SETTINGS', 'RANKS', 'METHODS', 'vl_taxon_profile', 'vl_taxon_images', 'vl_taxon_questions',
-           'stage1_prompt', 'stage1_target', 'stage2_prompt', 'stage2_target', 'stage1_rows', 'stage2_rows',
-           'vl_taxon_accuracy_reward', 'two_stage_predict', 'direct_predict', 'hierarchy_scores', 'run_method',
-           'run_experiment', 'vl_taxon_learning_check', 'paper_table', 'results_table', 'main']
+__all__ = ['SMOKE_RECIPE', 'PAPER_SETTINGS', 'TEST_SETS', 'RANKS', 'METHODS', 'vl_taxon_profile', 'paper_train_selection',
+           'vl_taxon_test_sets', 'vl_taxon_images', 'vl_taxon_questions', 'vl_taxon_all_questions', 'stage1_prompt',
+           'stage1_target', 'stage2_prompt', 'stage2_target', 'stage1_rows', 'stage2_rows', 'vl_taxon_accuracy_reward',
+           'two_stage_predict', 'direct_predict', 'hierarchy_scores', 'run_method', 'run_experiment',
+           'vl_taxon_learning_check', 'paper_table', 'results_table', 'tables_per_test_set', 'main']
 
 # %% ../nbs/13_vl_taxon.ipynb #3b12fb43
 SMOKE_RECIPE = dict(train__sft_steps=400, train__sft_lr=1e-3,  # the warm start's lr: at 5e-4 x 200 steps the tags were not learned
-                    train__grpo_steps=100, train__learning_rate=3e-4,  # 1,600 prompts, about 5.5 epochs over the GRPO half's rows
+                    train__grpo_steps=200, train__learning_rate=3e-4,  # 3,200 prompts, about 11 epochs over the GRPO half's rows
                     train__num_generations=8, train__per_device_batch=128,  # 16 prompts x 8 rollouts per step (GRPO)
                     train__temperature=1.0, train__max_completion_length=32, train__beta=0.0,
                     train__seeds=(0, 1, 2), eval__n_samples=8, eval__max_new_tokens=32)  # `smoke`'s VL-Taxon recipe (see the learning check)
@@ -94,40 +95,89 @@ def _similarity_for(prof,  # a `Profile`: its `model.similarity` names the encod
         return np.asarray(enc.similarity(memo[key], enc.encode_texts([text(n) for n in names])), dtype=np.float64)
     return sim
 
+# %% ../nbs/13_vl_taxon.ipynb #7a851aec
+def paper_train_selection(train,  # training images (a `datasets.Dataset` with a leaf column)
+                          leaf: str = "species",  # the leaf column
+                          n_species: int = 3771,  # species kept (the paper: 3,771 of iNat21-Plant's 4,271)
+                          n_per_species: int = 10,  # images per kept species (the paper: 10)
+                          seed: int = 0):  # which species and which images
+    "The paper's training selection as a seeded rule: `n_species` species with >= `n_per_species` images, `n_per_species` images each."
+    labels = np.asarray(train[leaf])
+    counts = pd.Series(labels).value_counts()
+    eligible = sorted(counts.index[counts >= n_per_species])
+    if not eligible: raise ValueError(f"paper_train_selection: no {leaf} has {n_per_species} or more training images")
+    rng = np.random.default_rng(seed)
+    keep = sorted(rng.permutation(np.array(eligible, dtype=object))[:n_species].tolist())
+    if len(keep) < n_species:
+        warnings.warn(f"paper_train_selection: only {len(eligible)} {leaf} names have >= {n_per_species} images; all are kept "
+                      f"(the paper keeps {n_species})")
+    idx = [j for s in keep for j in sorted(rng.permutation(np.flatnonzero(labels == s))[:n_per_species].tolist())]
+    return train.select(idx)
+
+# %% ../nbs/13_vl_taxon.ipynb #a0e9295e
+def _scored_ranks(taxonomy):  # a Taxonomy
+    "The ranks VL-Taxon asks and scores, root first: all but kingdom (Tan et al. drop it) and any rank with one name (nothing to choose)."
+    return tuple(r for r in taxonomy.ranks if r != "kingdom" and len(taxonomy.nodes_at(r)) > 1)
+
+TEST_SETS = ("iNat21-Plant", "iNat21-Animal", "CUB-200")  # Tan et al.'s test sets (the paper's Table 3); the first is in-domain
+
+def vl_taxon_test_sets(root,  # data root holding inat21/ and/or cub/ in their official layouts
+                       names=TEST_SETS):  # which of Tan et al.'s sets, the primary first
+    "Tan et al.'s test sets found under `root`: {name: dict(images, taxonomy, domain, ranks)}, iNat21 `val` per kingdom, CUB-200 `test`."
+    from hvr_nbs.loaders import load_inat21, load_cub
+    from datasets import Image as _Image
+    unknown = [n for n in names if n not in TEST_SETS]
+    if unknown: raise ValueError(f"Unknown VL-Taxon test sets {unknown}; known: {TEST_SETS}")
+    root, out = Path(root), {}
+    for name in names:
+        if name == "CUB-200":
+            if not (root/"cub").exists(): continue
+            d, domain = load_cub(root/"cub", split="test"), "bird"
+        else:
+            if not (root/"inat21").exists(): continue
+            kingdom, domain = {"iNat21-Plant": ("Plantae", "plant"), "iNat21-Animal": ("Animalia", "animal")}[name]
+            d = load_inat21(root/"inat21", split="val", kingdoms=[kingdom])
+        if len(d.dataset): out[name] = dict(images=d.dataset.cast_column("image", _Image()), taxonomy=d.taxonomy,
+                                            domain=domain, ranks=_scored_ranks(d.taxonomy))
+    if not out: raise FileNotFoundError(f"No VL-Taxon test set under {root}: expected inat21/ (iNat21's val.json) or cub/ (CUB_200_2011)")
+    return out
+
 # %% ../nbs/13_vl_taxon.ipynb #0e664596
 def vl_taxon_images(prof,  # a `Profile`
-                    seed: int = 0,  # rendering and split seed
+                    seed: int = 0,  # rendering, selection and split seed
                     n_test_per_species: int | None = None,  # SynthTaxa test images per species; default 2
                     n_train_per_species: int | None = None,  # SynthTaxa training images per species; default the profile's
-                    dataset: str = "inat21"):  # with a data root: 'inat21' (train: train_mini's Plantae; test: val) or 'cub'
-    "Images for VL-Taxon: {'sft', 'grpo', 'test'} Datasets (each species' training images split in halves) plus the taxonomy and domain word."
-    from hvr_nbs.data import split_dataset
+                    dataset: str = "inat21"):  # with a data root: 'inat21' (the paper: iNat21-Plant, Tan et al.'s test sets) or 'cub'
+    "Images for VL-Taxon: {'sft', 'grpo', 'test'} Datasets (each species' training images split in halves), the test sets, taxonomy, domain and ranks."
     if prof.name == "paper" or prof.data_root:
         from hvr_nbs.loaders import load_inat21, load_cub
-        root = Path(prof.data_root or ".")
-        if dataset == "inat21":
-            tr = load_inat21(root/"inat21", split="train_mini", kingdoms=["Plantae"])  # >= 10 images per species, as the paper samples
-            te = load_inat21(root/"inat21", split="val")
-            train, test, tax, domain = tr.dataset, te.dataset, te.taxonomy, "organism"
-        elif dataset == "cub":
-            tr, te = load_cub(root/"cub", split="train"), load_cub(root/"cub", split="test")
-            train, test, tax, domain = tr.dataset, te.dataset, te.taxonomy, "bird"
-        else: raise ValueError(f"dataset must be 'inat21' or 'cub', got {dataset!r}")
         from datasets import Image as _Image
-        train, test = train.cast_column("image", _Image()), test.cast_column("image", _Image())  # paths -> decoded images
+        root = Path(prof.data_root or ".")
+        if dataset == "inat21":  # the paper: 10 images of each of 3,771 iNat21-Plant species; tested on Tan et al.'s three sets
+            tr = load_inat21(root/"inat21", split="train_mini", kingdoms=["Plantae"])
+            train, tax, domain = paper_train_selection(tr.dataset, tr.taxonomy.leaf_rank, seed=seed), tr.taxonomy, "plant"
+            tests = vl_taxon_test_sets(root)
+        elif dataset == "cub":  # not the paper's training data: CUB-200's train split, tested on its test split
+            tr = load_cub(root/"cub", split="train")
+            train, tax, domain, tests = tr.dataset, tr.taxonomy, "bird", vl_taxon_test_sets(root, ["CUB-200"])
+        else: raise ValueError(f"dataset must be 'inat21' or 'cub', got {dataset!r}")
+        train = train.cast_column("image", _Image())  # paths -> decoded images
     else:
         from hvr_nbs.synthetic import make_world
         world = make_world(prof)
         train = world.dataset(n_train_per_species or prof.world.images_per_species, seed=seed)
-        test = world.dataset(n_test_per_species or 2, seed=seed + 5_000)
         tax, domain = world.taxonomy, "animal"
+        tests = {"SynthTaxa": dict(images=world.dataset(n_test_per_species or 2, seed=seed + 5_000), taxonomy=tax, domain=domain,
+                                   ranks=_scored_ranks(tax))}
+    primary = next(iter(tests))  # the in-domain test set: iNat21-Plant in `paper`
     leaf = tax.leaf_rank
     labels, rng = np.asarray(train[leaf]), np.random.default_rng(seed)
     is_sft = np.zeros(len(labels), dtype=bool)
     for s in sorted(set(labels)):  # each species' images in two halves (an odd one out goes to GRPO)
         idx = rng.permutation(np.flatnonzero(labels == s)); is_sft[idx[: len(idx) // 2]] = True
     sft, grpo = train.select(np.flatnonzero(is_sft).tolist()), train.select(np.flatnonzero(~is_sft).tolist())
-    return dict(sft=sft, grpo=grpo, test=test, taxonomy=tax, domain=domain, ranks=tuple(tax.ranks))
+    return dict(sft=sft, grpo=grpo, test=tests[primary]["images"], taxonomy=tax, domain=domain, ranks=_scored_ranks(tax),
+                tests=tests, test_name=primary)
 
 # %% ../nbs/13_vl_taxon.ipynb #363e2853
 def vl_taxon_questions(images,  # labelled images (a `vl_taxon_images` split)
@@ -135,18 +185,32 @@ def vl_taxon_questions(images,  # labelled images (a `vl_taxon_images` split)
                        similarity_fn=None,  # `_similarity_for(...)`; None: random distractors
                        seed: int = 0,  # distractor and option-order seed
                        domain: str = "organism",  # what the images show
-                       n_options: int = 4):  # options per question (fewer where a rank has fewer names)
+                       n_options: int = 4,  # options per question (fewer where a rank has fewer names)
+                       ranks=None):  # the ranks asked, root first; default all of the taxonomy's
     "The benchmark's multiple-choice question per image and rank (similar distractors), ranks root first."
     from hvr_nbs.data import rank_questions
     import datasets as hfds
     parts = []
-    for r in taxonomy.ranks:
+    for r in (ranks or taxonomy.ranks):
         k = min(n_options, len(taxonomy.nodes_at(r)))
         if k < 2: continue
         parts.append(rank_questions(images, taxonomy, ranks=[r], similarity_fn=similarity_fn, n_options=k, seed=seed,
                                     domain=domain))
     if not parts: raise ValueError("vl_taxon_questions: no rank has two or more names")
     return hfds.concatenate_datasets(parts)
+
+# %% ../nbs/13_vl_taxon.ipynb #0dfa9342
+def vl_taxon_all_questions(imgs,  # `vl_taxon_images` output
+                           prof,  # a `Profile` (its similarity encoder mines the distractors)
+                           seed: int = 0):  # distractor and option-order seed
+    "Questions of 'sft', 'grpo' and the primary 'test' over the training taxonomy, and of each other test set ('extra') over its own."
+    sim = _similarity_for(prof, imgs["taxonomy"])
+    Q = {k: vl_taxon_questions(imgs[k], imgs["taxonomy"], sim, seed=seed, domain=imgs["domain"], ranks=imgs["ranks"])
+         for k in ("sft", "grpo", "test")}
+    Q["extra"] = {n: vl_taxon_questions(t["images"], t["taxonomy"], _similarity_for(prof, t["taxonomy"]), seed=seed,
+                                        domain=t["domain"], ranks=t["ranks"])
+                  for n, t in imgs.get("tests", {}).items() if n != imgs.get("test_name")}
+    return Q
 
 # %% ../nbs/13_vl_taxon.ipynb #ee07a12d
 def _sibling_share(questions,  # `vl_taxon_questions` output
@@ -396,14 +460,22 @@ def _sampled(model, processor, rows, prof, reward, n=None):
     return acc, sampling_summary(acc)
 
 def _evaluator(method, imgs, Q, prof, n_eval=None, sampled=True):
-    "(model, processor) -> (per-question predictions, metrics): the paper's greedy protocol, and sampled accuracy (fractions)."
+    "(model, processor) -> (per-question predictions with their `test_set`, metrics): the paper's greedy protocol on every test set (the others' metrics prefixed 'name/'), and sampled accuracy (fractions)."
     test, two = _eval_questions(Q["test"], n_eval), method.startswith("vl-taxon")
+    extra = {k: _eval_questions(q, n_eval) for k, q in Q.get("extra", {}).items()}
+    bs, mx = prof.eval.batch_size, prof.eval.max_new_tokens
+    def predict(model, processor, q, ranks, domain):
+        if two: return two_stage_predict(model, processor, q, ranks, domain, batch_size=bs, max_new_tokens=mx)
+        return direct_predict(model, processor, q, batch_size=bs)
     def evaluate(model, processor):
-        bs, mx = prof.eval.batch_size, prof.eval.max_new_tokens
-        if two: df = two_stage_predict(model, processor, test, imgs["ranks"], imgs["domain"], batch_size=bs, max_new_tokens=mx)
-        else: df = direct_predict(model, processor, test, batch_size=bs)
+        df = predict(model, processor, test, imgs["ranks"], imgs["domain"]).assign(test_set=imgs.get("test_name", "test"))
         s = hierarchy_scores(df, imgs["ranks"])
         m = {k: float(v) for k, v in s.items() if v is not None and k != "n"}
+        parts = [df]
+        for name, q in extra.items():  # `paper`: Tan et al.'s other test sets, greedy protocol only
+            t = imgs["tests"][name]
+            parts.append(predict(model, processor, q, t["ranks"], t["domain"]).assign(test_set=name))
+            m.update({f"{name}/{k}": float(v) for k, v in hierarchy_scores(parts[-1], t["ranks"]).items() if v is not None and k != "n"})
         if sampled:
             rows = _heldout_rows(imgs, test, two)
             acc, summ = _sampled(model, processor, rows, prof, vl_taxon_accuracy_reward if two else _letter_reward)
@@ -412,7 +484,7 @@ def _evaluator(method, imgs, Q, prof, n_eval=None, sampled=True):
             if two:
                 st = np.asarray(rows["stage"])
                 m["sampled stage-1 leaf accuracy"], m["sampled stage-2 letter accuracy"] = float(acc[st == 1].mean()), float(acc[st == 2].mean())
-        return df, m
+        return pd.concat(parts, ignore_index=True), m
     return evaluate
 
 def _probe(method, imgs, Q, prof, n_images=24, n=4):
@@ -459,7 +531,8 @@ def _sft_start(method, imgs, Q, prof, base, n_eval, sampled, out, cache=True):
     if not cache: return run_method(method, imgs, Q, prof, base, 0, n_eval, sampled, out, keep_model=True)
     cfg = dict(method=method, base=str(base), world=prof.to_dict()["world"], model=prof.to_dict()["model"], sft=_trainer_kw(prof, "sft"),
                steps=prof.train.sft_steps, lr=prof.train.sft_lr, batch=prof.train.per_device_batch,
-               rows=len(imgs["sft"]), leaves=sorted(set(imgs["sft"][imgs["ranks"][-1]])), v=1)
+               rows=len(imgs["sft"]), leaves=sorted(set(imgs["sft"][imgs["ranks"][-1]])),
+               images=sorted(imgs["sft"]["image_id"]), v=2)  # the images themselves: another render is another start
     built = {}
     def build(folder):
         r = run_method(method, imgs, Q, prof, base, 0, n_eval, sampled, out, keep_model=True)
@@ -591,6 +664,15 @@ def results_table(preds: pd.DataFrame,  # per-question predictions of several me
         rows[m] = r
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method")
 
+# %% ../nbs/13_vl_taxon.ipynb #9f690fb9
+def tables_per_test_set(preds: pd.DataFrame,  # per-question predictions (`run_experiment`), with their `test_set`
+                        imgs: dict, Q: dict,  # `vl_taxon_images` output and its questions (`vl_taxon_all_questions`)
+                        n_eval: int | None = None):  # the evaluated test images per set (as in the runs)
+    "{test set: results table with the constant-answer rows}, the primary set first (the paper's Table 3 has one block per set)."
+    sets = {imgs["test_name"]: (Q["test"], imgs["ranks"]), **{k: (q, imgs["tests"][k]["ranks"]) for k, q in Q.get("extra", {}).items()}}
+    return {name: pd.concat([results_table(preds[preds["test_set"] == name], ranks), _baselines(_eval_questions(q, n_eval), ranks)])
+            for name, (q, ranks) in sets.items()}
+
 # %% ../nbs/13_vl_taxon.ipynb #6c87d2f0
 def _letter_table(preds: pd.DataFrame):  # per-question predictions (`run_experiment`)
     "Share (%) of each option letter stated per method, of unreadable answers ('none'), and of true answers per letter."
@@ -604,8 +686,7 @@ def _letter_table(preds: pd.DataFrame):  # per-question predictions (`run_experi
 def _data_and_base(prof, seed=0, dataset="inat21"):
     "Images, questions (similar distractors) and the base checkpoint for a profile."
     imgs = vl_taxon_images(prof, seed, dataset=dataset)
-    sim = _similarity_for(prof, imgs["taxonomy"])
-    Q = {k: vl_taxon_questions(imgs[k], imgs["taxonomy"], sim, seed=seed, domain=imgs["domain"]) for k in ("sft", "grpo", "test")}
+    Q = vl_taxon_all_questions(imgs, prof, seed)
     if prof.name == "paper" or not str(prof.model.vlm).startswith("tiny"):
         from hvr_nbs.models import resolve_checkpoint
         return imgs, Q, resolve_checkpoint(prof.model.vlm)
@@ -635,11 +716,13 @@ def main(argv=None):  # command-line words (default: sys.argv[1:])
         preds = pd.concat([r.results for r in runs], ignore_index=True)
         preds.to_csv(out/"predictions.csv", index=False)
         _metrics_frame(runs).to_csv(out/"metrics.csv", index=False)
-        results_table(preds, imgs["ranks"]).to_csv(out/"table3.csv")
+        tables = tables_per_test_set(preds, imgs, Q, a.n_eval)
+        for k, (name, t) in enumerate(tables.items()):  # table3.csv: the primary test set; table3_<set>.csv: the others
+            t.to_csv(out/("table3.csv" if k == 0 else f"table3_{name}.csv"))
         if any(r.method in _START for r in runs):
             lc = vl_taxon_learning_check(runs); lc.to_csv(out/"learning_check.csv", index=False); print(lc.to_string())
         write_manifest(out, prof, experiment="vl-taxon-cli", methods=list(methods), seeds=list(seeds))
-        print(results_table(preds, imgs["ranks"]).round(1).to_string())
+        for name, t in tables.items(): print(name); print(t.round(1).to_string())
     return out
 
 # %% ../nbs/13_vl_taxon.ipynb #60258f63

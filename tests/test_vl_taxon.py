@@ -173,18 +173,61 @@ def test_command_line_trains_and_writes_tables(tmp_path):
 def test_paper_profile_reads_the_official_layouts(name, tmp_path):
     "The `paper` branch of `vl_taxon_images` on the loaders' generated fixtures (iNat21 / CUB-200 official layouts)."
     from hvr_nbs.loaders import make_fixture
-    make_fixture(name, tmp_path/name, n_classes=6, n_per_class=4)
+    make_fixture(name, tmp_path/name, n_classes=6, n_per_class=10)  # iNat21: 10 train_mini images per species, 5 val
     prof = get_profile("paper", data_root=str(tmp_path))
     d = vl_taxon_images(prof, dataset=name)
     leaf = d["taxonomy"].leaf_rank
     assert len(d["sft"]) and len(d["grpo"]) and len(d["test"])
     assert set(d["sft"][leaf]) == set(d["grpo"][leaf])  # every species in both halves, on different images
     assert not set(d["sft"]["image_id"]) & set(d["grpo"]["image_id"])
-    if name == "inat21": assert d["ranks"][0] == "kingdom" and len(d["ranks"]) == 7
-    else: assert d["domain"] == "bird" and d["ranks"] == RANKS
-    q = vl_taxon_questions(d["test"], d["taxonomy"], None, domain=d["domain"])
-    assert set(q["rank"]) <= set(d["ranks"]) and all(a in "ABCD" for a in q["answer"])
+    if name == "inat21":  # the paper: iNat21-Plant training images, Tan et al.'s Plant and Animal test sets, kingdom not scored
+        assert d["ranks"] == ("family", "genus", "species") and d["domain"] == "plant"  # the fixture's 2 plants: one order
+        assert set(d["sft"]["kingdom"]) == set(d["grpo"]["kingdom"]) == {"Plantae"}
+        assert (pd.Series(list(d["sft"][leaf]) + list(d["grpo"][leaf])).value_counts() == 10).all()  # 10 images per species
+        assert list(d["tests"]) == ["iNat21-Plant", "iNat21-Animal"] and d["test_name"] == "iNat21-Plant"
+        assert set(d["tests"]["iNat21-Animal"]["images"]["kingdom"]) == {"Animalia"}
+        assert d["tests"]["iNat21-Animal"]["ranks"] == ("order", "family", "genus", "species")  # one phylum and class: not asked
+    else:
+        assert d["domain"] == "bird" and d["ranks"] == RANKS and list(d["tests"]) == ["CUB-200"]
+    q = vl_taxon_questions(d["test"], d["taxonomy"], None, domain=d["domain"], ranks=d["ranks"])
+    assert set(q["rank"]) == set(d["ranks"]) and all(a in "ABCD" for a in q["answer"])  # a rank with one name is not asked
     assert len(stage1_rows(d["sft"], d["ranks"], d["domain"])) == len(d["sft"])
+
+def test_paper_training_selection_and_too_few_images(tmp_path):
+    "3,771 species x 10 images (the paper) as a seeded rule; species with fewer than 10 images are never drawn."
+    import datasets as hfds
+    from hvr_nbs.vl_taxon import paper_train_selection
+    ds = hfds.Dataset.from_dict(dict(species=[f"s{i % 30}" for i in range(600)] + ["rare"] * 9, image_id=list(map(str, range(609)))))
+    sel = paper_train_selection(ds, n_species=25, n_per_species=10, seed=3)
+    counts = pd.Series(sel["species"]).value_counts()
+    assert len(counts) == 25 and (counts == 10).all() and "rare" not in counts
+    assert sel["image_id"] == paper_train_selection(ds, n_species=25, n_per_species=10, seed=3)["image_id"]
+    assert set(paper_train_selection(ds, n_species=25, seed=4)["species"]) != set(counts.index)
+    with pytest.raises(ValueError, match="no species has 50 or more"): paper_train_selection(ds, n_per_species=50)
+
+def test_every_test_set_is_scored_and_tabled(tmp_path, monkeypatch):
+    "A run on iNat21 fixtures is scored on iNat21-Plant and iNat21-Animal, each on its own ranks and domain, one table per set."
+    import hvr_nbs.vl_taxon as vt
+    from hvr_nbs.core import TEST_OVERRIDES
+    from hvr_nbs.loaders import make_fixture
+    make_fixture("inat21", tmp_path/"inat21", n_classes=6, n_per_class=10)
+    prof = get_profile("smoke", **TEST_OVERRIDES, data_root=str(tmp_path))
+    imgs = vl_taxon_images(prof)
+    monkeypatch.setattr(vt, "_similarity_for", lambda prof, tax: None)  # random distractors (SigLIP is not here)
+    Q = vt.vl_taxon_all_questions(imgs, prof)
+    assert list(Q["extra"]) == ["iNat21-Animal"] and set(Q["extra"]["iNat21-Animal"]["rank"]) == {"order", "family", "genus", "species"}
+    assert "kingdom" not in set(Q["test"]["rank"]) | set(Q["extra"]["iNat21-Animal"]["rank"])
+    assert "Given the animal" in Q["extra"]["iNat21-Animal"][0]["prompt"][0]["content"][1]["text"]
+    r = vt.run_method("zero-shot", imgs, Q, prof, "tiny-qwen2.5-vl", n_eval=2, sampled=False, out_dir=tmp_path/"zs")
+    assert set(r.results["test_set"]) == {"iNat21-Plant", "iNat21-Animal"}
+    n = r.results.groupby("test_set").size()  # 2 images x each set's own ranks
+    assert n["iNat21-Plant"] == 2 * len(imgs["ranks"]) and n["iNat21-Animal"] == 2 * len(imgs["tests"]["iNat21-Animal"]["ranks"])
+    assert "HCA" in r.metrics and "iNat21-Animal/HCA" in r.metrics
+    t = vt.tables_per_test_set(r.results, imgs, Q, n_eval=2)
+    assert list(t) == ["iNat21-Plant", "iNat21-Animal"]
+    assert {f"Acc_{k}" for k in ("order", "family", "genus", "species")} <= set(t["iNat21-Animal"].columns)
+    assert "Acc_kingdom" not in t["iNat21-Animal"] and "Acc_order" not in t["iNat21-Plant"]
+    assert t["iNat21-Animal"].loc["zero-shot", "images"] == 2
 
 def test_lora_sft_then_grpo_handoff(small, tmp_path):
     "With LoRA (the paper's r = alpha = 64) the SFT start is saved merged, and GRPO trains on it end to end."
