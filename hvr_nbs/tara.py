@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_tara.ipynb #a594d40c
 from __future__ import annotations
-import contextlib, math, time
+import contextlib, hashlib, math, time, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -16,10 +16,11 @@ from .core import get_profile, in_test, log_result, run_dir
 from .runs import PaperSetting, paper_profile, trainer_settings, settings_table, check_settings, train_and_evaluate, learning_records, paper_cli, cli_profile
 
 # %% auto #0
-__all__ = ['NO_THINKING', 'OPEN_QUESTION', 'CHOICE_QUESTION', 'LEVEL_WEIGHTS', 'SMOKE_OVERRIDES', 'SMOKE_BASE', 'METHODS',
-           'PAPER_SETTINGS', 'tara_questions', 'tara_projector', 'match_length', 'visual_alignment_loss',
-           'label_alignment_loss', 'layer_module', 'TARATrainer', 'tara_evaluator', 'tara_recipe', 'tara_data',
-           'run_method', 'run_experiment', 'paper_table', 'results_table', 'main']
+__all__ = ['NO_THINKING', 'OPEN_QUESTION', 'CHOICE_QUESTION', 'LEVEL_WEIGHTS', 'UNKNOWN_SYSTEM', 'SMOKE_OVERRIDES', 'SMOKE_BASE',
+           'PROJECTORS_FILE', 'METHODS', 'PAPER_SETTINGS', 'tara_questions', 'tara_projector', 'match_length',
+           'visual_alignment_loss', 'label_alignment_loss', 'layer_module', 'TARATrainer', 'tara_evaluator',
+           'tara_probe', 'tara_recipe', 'novel_leaves', 'tara_data', 'run_method', 'run_experiment', 'paper_table',
+           'results_table', 'main']
 
 # %% ../nbs/14_tara.ipynb #ba26ae10
 NO_THINKING = "{question} Please directly output the answer."  # Sec. 3.2: the No-Thinking RFT instruction
@@ -27,6 +28,8 @@ OPEN_QUESTION = "What is the {rank} of the {domain} in the image?"  # the open f
 CHOICE_QUESTION = ("Given the {domain} in the image, what is its taxonomic classification at the {rank} level? "
                    "Please choose one from list [{options}].")  # Sec. 4.1: the four-choice form, answered by name
 LEVEL_WEIGHTS = {"order": 1, "family": 2, "genus": 4, "species": 8}  # Sec. 5.1: questions per level 1:2:4:8
+UNKNOWN_SYSTEM = ("You classify the {domain} in an image across the taxonomic hierarchy. "
+                  "If you are uncertain, answer Unknown.")  # Sec. 5.2 / [7]: a fixed system prompt allowing "Unknown" (our wording)
 
 # %% ../nbs/14_tara.ipynb #76897cff
 def tara_questions(images,  # labelled images: 'image' and one column per rank (a `datasets.Dataset`)
@@ -36,7 +39,8 @@ def tara_questions(images,  # labelled images: 'image' and one column per rank (
                    ranks=None,  # ranks to ask, one question each (ignored with rank_weights); default all
                    similarity_fn=None,  # (list[PIL], list[str]) -> [N, T] scores for distractors; None: random
                    seed: int = 0,  # level sampling, distractors and option order
-                   domain: str = "animal"):  # what the images show
+                   domain: str = "animal",  # what the images show
+                   system: str | None = None):  # a system message (`UNKNOWN_SYSTEM` for the novel-species questions)
     "No-Thinking RFT rows: image, prompt, answer (the label), rank, form, image_id, teacher_text and the rank columns."
     import datasets as hfds
     from hvr_nbs.data import user_prompt
@@ -64,7 +68,7 @@ def tara_questions(images,  # labelled images: 'image' and one column per rank (
                 else: wrong = list(rng.choice(names, min(3, len(names)), replace=False))
                 opts = wrong + [truth]; rng.shuffle(opts)
                 q = CHOICE_QUESTION.format(rank=r, domain=domain, options=", ".join(opts))
-            rows.append(dict(image=ex["image"], prompt=user_prompt(NO_THINKING.format(question=q)), answer=str(truth), rank=r,
+            rows.append(dict(image=ex["image"], prompt=user_prompt(NO_THINKING.format(question=q), 1, system), answer=str(truth), rank=r,
                              form=f, image_id=str(ex["image_id"]) if "image_id" in ex else str(i),
                              teacher_text=taxon_text(path[:k + 1]), **{x: ex[x] for x in R}))
     return hfds.Dataset.from_list(rows)
@@ -91,14 +95,22 @@ def match_length(a,  # [T_a, D] token states
     return pick(a), pick(b)
 
 # %% ../nbs/14_tara.ipynb #e74352b5
-def visual_alignment_loss(projected,  # per row: [N_i, D] projected image-token states h_phi(y)
-                          targets):  # per row: [T_i, D] teacher patch tokens y* (no gradient)
-    "Eq. 1: mean over rows of the per-token 1 - cos(projected LLM image-token state, teacher patch token)."
-    per_row = []
-    for p, t in zip(projected, targets):
-        p, t = match_length(p, t.detach().to(p))
-        per_row.append((1 - F.cosine_similarity(p, t, dim=-1)).mean())
-    return torch.stack(per_row).mean()
+def visual_alignment_loss(projected,  # [B, N, D] projected image-token states h_phi(y), or a list of [N_i, D]
+                          targets,  # [B, T, D] teacher patch tokens y* (no gradient), or a list of [T_i, D]
+                          weights=None):  # [B] row weights (how many identical rows each stands for); None: all 1
+    "Eq. 1: the (weighted) mean over rows of the per-token 1 - cos(projected LLM image-token state, teacher patch token)."
+    if torch.is_tensor(projected) and torch.is_tensor(targets) and projected.dim() == 3:  # one call for the whole batch
+        p, t = match_length(projected.transpose(0, 1), targets.detach().to(projected).transpose(0, 1))  # token dim first
+        per_row = (1 - F.cosine_similarity(p, t, dim=-1)).mean(0)
+    else:
+        per_row = []
+        for p, t in zip(projected, targets):
+            p, t = match_length(p, t.detach().to(p))
+            per_row.append((1 - F.cosine_similarity(p, t, dim=-1)).mean())
+        per_row = torch.stack(per_row)
+    if weights is None: return per_row.mean()
+    w = torch.as_tensor(weights, dtype=per_row.dtype, device=per_row.device)
+    return (per_row * w).sum() / w.sum()
 
 # %% ../nbs/14_tara.ipynb #ffc397bf
 def label_alignment_loss(projected,  # [B, D] projected answer states g_psi(a)
@@ -125,6 +137,18 @@ def layer_module(model,  # a Qwen-VL model (PEFT- or DDP-wrapped or not)
         raise ValueError(f"layer must be in 1..{L} or -{L}..-1 (hidden_states index; 0, the embeddings, holds no image features), got {layer}")
     return lm.norm if i == L else lm.layers[i - 1]
 
+# %% ../nbs/14_tara.ipynb #74354f59
+PROJECTORS_FILE = "tara_projectors.safetensors"  # the projectors' weights in each training checkpoint
+
+def _image_key(img):  # a PIL image
+    "A content key for an image (the teacher's cache): a hash of its pixels, size and mode."
+    im = img if hasattr(img, "tobytes") else _as_pil(img)
+    return f"{im.mode}{im.size}" + hashlib.blake2b(im.tobytes(), digest_size=16).hexdigest()
+
+def _as_pil(x):
+    from hvr_nbs.models import _as_rgb
+    return _as_rgb(x)
+
 # %% ../nbs/14_tara.ipynb #bfb052f2
 class TARATrainer(GRPOTrainer):
     "GRPO (No-Thinking RFT) plus TARA's visual (Eq. 1) and label (Eq. 2) alignment losses on the policy-gradient forward pass."
@@ -139,6 +163,7 @@ class TARATrainer(GRPOTrainer):
                  visual_feature: str = "all",  # 'all' image tokens (paper) or the 'last' one (Table 4 (a))
                  text_feature: str = "answer_first",  # 'answer_first' (paper), 'answer_mean', 'question_last' (Table 4)
                  teacher_text_column: str = "teacher_text",  # data column holding the label text for the teacher
+                 teacher_cache: int = 4096,  # distinct images whose teacher tokens are kept between steps (0: none)
                  **kwargs):  # `GRPOTrainer` arguments
         super().__init__(*args, **kwargs)
         if teacher is None: raise ValueError("TARATrainer needs a teacher encoder (hvr_nbs.models.load_encoder)")
@@ -151,7 +176,8 @@ class TARATrainer(GRPOTrainer):
         self.tara = dict(visual_weight=float(visual_weight), text_weight=float(text_weight),
                          visual_layer=L // 2 if visual_layer is None else int(visual_layer), text_layer=int(text_layer),
                          projector_lr_mult=float(projector_lr_mult), visual_feature=visual_feature, text_feature=text_feature,
-                         teacher_text_column=teacher_text_column)
+                         teacher_text_column=teacher_text_column, teacher_cache=int(teacher_cache))
+        self._teacher_cache = dict(image={}, text={})  # key -> teacher output (CPU): the teacher is frozen, so encoding once is exact
         for k in ("visual_layer", "text_layer"): layer_module(self.model, self.tara[k])  # fail early on a bad layer
         hidden = _unwrap(self.model).config.get_text_config().hidden_size
         with torch.random.fork_rng(devices=[]):  # the projectors' init leaves the rollout RNG as plain GRPO has it
@@ -164,11 +190,13 @@ class TARATrainer(GRPOTrainer):
                 raise NotImplementedError("TARATrainer averages projector gradients under DDP only; DeepSpeed / FSDP are not supported")
 
     def create_optimizer(self, model=None):
-        "TRL's optimizer plus one parameter group for the projectors at `projector_lr_mult` x the learning rate."
+        "TRL's optimizer plus one parameter group for the projectors at `projector_lr_mult` x the learning rate; their gradients cleared after each step."
         opt = super().create_optimizer(model) if model is not None else super().create_optimizer()
         if not any(g.get("tara") for g in opt.param_groups):
             opt.add_param_group(dict(params=list(self.tara_projectors.parameters()), tara=True, weight_decay=self.args.weight_decay,
                                      lr=self.args.learning_rate * self.tara["projector_lr_mult"]))
+            # the Trainer clears only the model's gradients after a step (`model.zero_grad()`): clear the projectors' too
+            opt.register_step_post_hook(lambda *a: self.tara_projectors.zero_grad(set_to_none=True))
         return opt
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -179,13 +207,47 @@ class TARATrainer(GRPOTrainer):
                 if p.grad is not None: p.grad.copy_(self.accelerator.reduce(p.grad, "mean"))
         return loss
 
+    def _save_checkpoint(self, model, trial):
+        "TRL's checkpoint, the projectors written into it first (`tara_projectors.safetensors`; their Adam state is in optimizer.pt)."
+        if self.args.should_save:
+            from safetensors.torch import save_file
+            d = Path(self._get_output_dir(trial=trial))/f"checkpoint-{self.state.global_step}"; d.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.tara_projectors.state_dict().items()}, str(d/PROJECTORS_FILE))
+        super()._save_checkpoint(model, trial)
+
+    def train(self, resume_from_checkpoint=None, **kwargs):
+        "TRL's training; resuming from a checkpoint also restores the projectors saved in it."
+        if resume_from_checkpoint:
+            from safetensors.torch import load_file
+            from transformers.trainer_utils import get_last_checkpoint
+            ck = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+            f = Path(ck)/PROJECTORS_FILE if ck else None
+            if f is not None and f.exists(): self.tara_projectors.load_state_dict({k: v.to(self.accelerator.device) for k, v in load_file(str(f)).items()})
+            else: warnings.warn(f"{ck} holds no {PROJECTORS_FILE}: the TARA projectors start afresh")
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def teacher_targets(self, images, texts):
+        "The teacher's patch tokens [B, T, D] and label embeddings [B, D]: each distinct image and label encoded once, then cached."
+        keys = [_image_key(im) for im in images]
+        for kind, ks, items, enc in (("image", keys, images, self.teacher.encode_image_tokens), ("text", texts, texts, self.teacher.encode_texts)):
+            c = self._teacher_cache[kind]
+            new = {k: x for k, x in zip(ks, items) if k not in c}
+            if new: c.update(zip(new, enc(list(new.values()))))
+            cap, now = (self.tara["teacher_cache"] if kind == "image" else 1 << 20), set(ks)
+            for k in [k for k in c if k not in now][:max(0, len(c) - cap)]: del c[k]  # oldest first, never this batch's
+        dev = self.accelerator.device
+        return (torch.stack([self._teacher_cache["image"][k] for k in keys]).to(dev),
+                torch.stack([self._teacher_cache["text"][t] for t in texts]).to(dev), keys)
+
     def _generate_and_score_completions(self, inputs):
         out = super()._generate_and_score_completions(inputs)
         if not self.model.training: return out
         imgs = [x["image"] if x.get("image") is not None else x["images"][0] for x in inputs]
-        dev = self.accelerator.device  # `TaxonEncoder` encodes under no_grad: no gradient into the teacher
-        out["tara_visual_target"] = self.teacher.encode_image_tokens(imgs).to(dev)
-        out["tara_text_target"] = self.teacher.encode_texts([x[self.tara["teacher_text_column"]] for x in inputs]).to(dev)
+        tv, tt, keys = self.teacher_targets(imgs, [str(x[self.tara["teacher_text_column"]]) for x in inputs])
+        out["tara_visual_target"], out["tara_text_target"] = tv, tt  # `TaxonEncoder` encodes under no_grad: no gradient into the teacher
+        # rows with the same image and prompt (a prompt's G rollouts) have identical image-token states: one stands for all
+        groups = {}; out["tara_group"] = torch.tensor([groups.setdefault((k, repr(x["prompt"])), len(groups)) for k, x in zip(keys, inputs)],
+                                                      device=tv.device)
         return out
 
     @contextlib.contextmanager
@@ -207,8 +269,16 @@ class TARATrainer(GRPOTrainer):
         img = prompt_ids == int(_unwrap(model).config.image_token_id)
         proj_v, proj_t = self.tara_projectors["visual"], self.tara_projectors["text"]
         tv = inputs["tara_visual_target"]
+        g = inputs.get("tara_group")
+        if g is None: rows, w = torch.arange(len(hv), device=hv.device), None
+        else:  # the first row of each group, weighted by the group's size: the same loss and gradient, 1/G of the projector work
+            uniq, inv, w = torch.unique(g, return_inverse=True, return_counts=True)
+            rows = torch.full((len(uniq),), len(g), device=g.device).scatter_reduce(0, inv, torch.arange(len(g), device=g.device), "amin")
         if self.tara["visual_feature"] == "all":
-            l_v = visual_alignment_loss([proj_v(hv[i, :P][img[i]]) for i in range(len(hv))], list(tv))
+            n = img[rows].sum(1)
+            if bool((n == n[0]).all()):  # every image gives the same number of tokens: one projector call
+                l_v = visual_alignment_loss(proj_v(hv[rows, :P][img[rows]].view(len(rows), int(n[0]), -1)), tv[rows], w)
+            else: l_v = visual_alignment_loss([proj_v(hv[i, :P][img[i]]) for i in rows.tolist()], [tv[i] for i in rows.tolist()], w)
         else: l_v = label_alignment_loss(proj_v(torch.stack([hv[i, :P][img[i]][-1] for i in range(len(hv))])), tv.mean(1))
         f = self.tara["text_feature"]
         if f == "answer_first": h = ht[:, P]
@@ -234,10 +304,11 @@ def tara_evaluator(test,  # `tara_questions(..., ranks=...)` rows: every evaluat
                    n_samples: int = 8,  # sampled completions per question
                    temperature: float = 1.0,  # sampling temperature (the training temperature)
                    max_new_tokens: int = 12,  # completion budget
-                   batch_size: int = 64):  # questions per `generate` call
-    "An `evaluate(model, processor) -> (per-question DataFrame, metrics)` for `train_and_evaluate`: sampled and greedy accuracy, HCA, POR, S-POR, TOR."
+                   batch_size: int = 64,  # questions per `generate` call
+                   f1_rows=None):  # `tara_data(...)['f1']`: Unknown-allowed order / family questions with a 'split' column
+    "An `evaluate(model, processor) -> (per-question DataFrame, metrics)` for `train_and_evaluate`: sampled and greedy accuracy, HCA, POR, S-POR, TOR, F1."
     from hvr_nbs.evaluation import generate_completions, sample_completions, pass_at_k
-    from hvr_nbs.metrics import hierarchical_metrics
+    from hvr_nbs.metrics import hierarchical_metrics, unknown_f1
     ranks = list(ranks)
     def evaluate(model, processor):
         processor.tokenizer.padding_side = "left"
@@ -256,8 +327,33 @@ def tara_evaluator(test,  # `tara_questions(..., ranks=...)` rows: every evaluat
         m = dict(sampled_acc=float(df["sampled_acc"].mean()), greedy_acc=float(df["correct"].mean()),
                  **{k: v for k, v in h.items() if k != "n" and v is not None},
                  **{f"pass@{k}": float(pass_at_k(df["n_correct"], n_samples, k).mean()) for k in sorted({1, n_samples})})
+        if f1_rows is not None and len(f1_rows):  # Table 3: F1 with "Unknown" counted as an abstention (`metrics.unknown_f1`)
+            f = pd.DataFrame(dict(split=f1_rows["split"], rank=f1_rows["rank"], answer=f1_rows["answer"],
+                                  pred=[x.strip() for x in generate_completions(model, processor, f1_rows, batch_size=batch_size,
+                                                                                max_new_tokens=max_new_tokens, progress=False)]))
+            for (sp, r), g in f.groupby(["split", "rank"]):
+                u = unknown_f1(list(g["pred"]), list(g["answer"]))
+                m[f"F1_{sp}_{r}"], m[f"unknown_{sp}_{r}"] = u["f1"], 1 - u["answered"] / u["n"]
         return df, m
     return evaluate
+
+# %% ../nbs/14_tara.ipynb #3d0528e7
+def tara_probe(rows,  # held-out `tara_questions` rows that are neither test nor training rows (`tara_data(...)['val']`)
+               n_samples: int = 4,  # sampled completions per question
+               temperature: float = 1.0,  # the training temperature
+               max_new_tokens: int = 12,
+               batch_size: int = 64):
+    "Figure 5's probe for `runs.HeldOutProbe`: greedy and sampled exact-match accuracy on `rows`, cheap enough to repeat."
+    from hvr_nbs.evaluation import generate_completions, sample_completions
+    truth = [str(a).strip().casefold() for a in rows["answer"]]
+    def probe(model, processor):
+        processor.tokenizer.padding_side = "left"
+        g = generate_completions(model, processor, rows, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=False)
+        s = sample_completions(model, processor, rows, n=n_samples, temperature=temperature, max_new_tokens=max_new_tokens,
+                               batch_size=max(1, batch_size // 2), progress=False)
+        return dict(greedy_acc=float(np.mean([x.strip().casefold() == t for x, t in zip(g, truth)])),
+                    sampled_acc=float(np.mean([[x.strip().casefold() == t for x in xs] for xs, t in zip(s, truth)])))
+    return probe
 
 # %% ../nbs/14_tara.ipynb #8bd0d348
 METHODS = ("zero-shot", "no-thinking-rft", "tara")
@@ -296,7 +392,7 @@ def tara_recipe(prof):  # a `Profile`
         return dict(grpo=dict(trainer_settings(PAPER_SETTINGS, "grpo"), max_steps=-1),
                     tara=t, data=d)
     return dict(grpo={}, data=dict(image_size=prof.world.image_size, shots=1 if in_test() else 4, form="open",
-                                   level_weights="order:family:genus:species = 1:2:4:8"),
+                                   level_weights="order:family:genus:species = 1:2:4:8", novel_leaves=4),
                 tara=dict(weights="0.5 / 0.5", visual_layer=None, text_layer=-1, visual_feature="all", text_feature="answer_first",
                           projector_hidden=256, projector_lr_mult=10.0))
 
@@ -305,11 +401,27 @@ def _ratio(s: str):  # 'order:family:genus:species = 1:2:4:8' -> {'order': 1.0, 
     names, nums = str(s).split("=")
     return {n.strip(): float(v) for n, v in zip(names.split(":"), nums.split(":"))}
 
+def novel_leaves(taxonomy,  # a `Taxonomy`
+                 n: int = 4,  # leaves to hold out
+                 seed: int = 0):  # the split's seed (fixed: every run holds out the same leaves)
+    "Leaves held out as novel species: one from each of `n` parents (genera) that keep another leaf, spread over the top rank."
+    R = list(taxonomy.ranks); rng = np.random.default_rng(seed)
+    kids = {}
+    for l in sorted(taxonomy.leaves): kids.setdefault(taxonomy.name_at(l, R[-2]), []).append(l)
+    parents = [p for p in sorted(kids) if len(kids[p]) > 1]; rng.shuffle(parents)  # the genus stays known through a sibling
+    by_top = {}
+    for p in parents: by_top.setdefault(taxonomy.name_at(kids[p][0], R[0]), []).append(p)
+    picked = []
+    while len(picked) < min(n, len(parents)):  # round robin over the orders
+        for t in by_top:
+            if by_top[t] and len(picked) < n: picked.append(by_top[t].pop(0))
+    return sorted(str(rng.choice(kids[p])) for p in picked)
+
 def tara_data(prof,  # a `Profile`
               seed: int = 0,  # rendering / sampling seed
               recipe: dict | None = None,  # `tara_recipe(prof)`; default computed
               similarity_fn=None):  # distractor similarity for the four-choice form (`vl_taxon.similarity_for`-style)
-    "{'train', 'test', 'probe', 'taxonomy', 'ranks'}: No-Thinking RFT rows, held-out rows (every rank) and probe images."
+    "{'train', 'test', 'val', 'f1', 'probe', 'novel', 'taxonomy', 'ranks'}: RL rows, test rows (every rank), probe-during-training rows, Unknown-allowed rows, linear-probe images."
     from hvr_nbs.data import k_shot
     d = (recipe or tara_recipe(prof))["data"]
     if prof.name == "paper" or prof.data_root:
@@ -321,15 +433,25 @@ def tara_data(prof,  # a `Profile`
         leaf = tax.leaf_rank
         train = k_shot(tr.dataset, int(d["shots"]), leaf, seed).cast_column("image", _Image())
         test = k_shot(te.dataset, 1, leaf, seed).cast_column("image", _Image())  # "1-shot VQA samples" of val
-        probe, domain = test, "organism"
+        probe, domain, novel = test, "organism", []  # TerraIncognita's novel split is not wired (no public layout known here)
+        seen = set(test["image_id"])
+        val = te.dataset.filter(lambda x: x not in seen, input_columns=["image_id"])  # Figure 5's probe: val images the test does not use
+        val = val.select(np.random.default_rng(seed).permutation(len(val))[:200].tolist()).cast_column("image", _Image())
+        known_f1, novel_f1 = test, None
     else:
         from hvr_nbs.synthetic import make_world
         world = make_world(prof); tax = world.taxonomy; ranks = list(tax.ranks); domain = "animal"
-        train = world.dataset(n_per_species=int(d["shots"]), seed=seed + 30_000)
-        test = world.dataset(n_per_species=2, seed=20_000)  # fixed across seeds: every run is scored on the same images
+        novel = novel_leaves(tax, int(d.get("novel_leaves", 0)), seed=0)  # fixed across seeds
+        known = [l for l in sorted(tax.leaves) if l not in novel]
+        train = world.dataset(n_per_species=int(d["shots"]), seed=seed + 30_000, species=known)  # novel species: never trained on
+        test = world.dataset(n_per_species=2, seed=20_000, species=known)  # fixed across seeds: every run is scored on the same images
         n = prof.eval.n_eval
         if n and n < len(test): test = test.select(np.random.default_rng(0).permutation(len(test))[:n].tolist())
+        val = world.dataset(n_per_species=1, seed=60_000, species=known)  # Figure 5's probe: neither test nor training images
+        if in_test(): val = val.select(range(min(6, len(val))))
         probe = world.dataset(n_per_species=4 if in_test() else 12, seed=50_000)
+        known_f1 = test
+        novel_f1 = world.dataset(n_per_species=2 if in_test() else 8, seed=70_000, species=novel) if novel else None
     size = int(d.get("image_size") or 0)
     if size and prof.name == "paper":
         rs = lambda ex: {"image": ex["image"].convert("RGB").resize((size, size))}
@@ -337,7 +459,18 @@ def tara_data(prof,  # a `Profile`
     return dict(train=tara_questions(train, tax, form=d["form"], rank_weights=_ratio(d["level_weights"]), seed=seed,
                                      similarity_fn=similarity_fn, domain=domain),
                 test=tara_questions(test, tax, ranks=ranks, seed=seed, domain=domain),
-                probe=probe, taxonomy=tax, ranks=ranks)
+                val=tara_questions(val, tax, ranks=ranks, seed=seed, domain=domain),
+                f1=_f1_rows(tax, known_f1, novel_f1, domain, seed),
+                probe=probe, novel=novel, taxonomy=tax, ranks=ranks)
+
+def _f1_rows(tax, known, novel, domain, seed):
+    "The Unknown-allowed questions of the F1 table: order and family of known-species and novel-species images, a 'split' column."
+    import datasets as hfds
+    R = list(tax.ranks); asked = [r for r in ("order", "family") if r in R] or R[:2]
+    sys_ = UNKNOWN_SYSTEM.format(domain=domain)
+    parts = [tara_questions(ims, tax, ranks=asked, seed=seed, domain=domain, system=sys_).add_column("split", [name] * (len(ims) * len(asked)))
+             for name, ims in (("known", known), ("novel", novel)) if ims is not None and len(ims)]
+    return hfds.concatenate_datasets(parts)
 
 # %% ../nbs/14_tara.ipynb #cd0dfcd3
 def run_method(method: str,  # one of METHODS
@@ -356,7 +489,9 @@ def run_method(method: str,  # one of METHODS
     recipe = recipe or tara_recipe(prof)
     t = prof.train
     evaluate = tara_evaluator(data["test"], data["ranks"], n_samples=prof.eval.n_samples, temperature=t.temperature,
-                              max_new_tokens=prof.eval.max_new_tokens, batch_size=max(prof.eval.batch_size, 16))
+                              max_new_tokens=prof.eval.max_new_tokens, batch_size=max(prof.eval.batch_size, 16), f1_rows=data.get("f1"))
+    val = data.get("val")  # Figure 5: the probe every sixth of the run (the paper: every 200 of 604 steps)
+    every = 0 if method == "zero-shot" or val is None or not len(val) else (200 if prof.name == "paper" else max(1, t.grpo_steps // 6))
     grpo = None
     if method != "zero-shot":
         grpo = dict(recipe["grpo"], dataset=data["train"], reward_funcs=[tara_no_thinking_reward], logging_steps=max(1, t.grpo_steps // 20))
@@ -365,7 +500,9 @@ def run_method(method: str,  # one of METHODS
             o = dict(recipe["tara"]); w_v, w_t = (float(x) for x in str(o.pop("weights", "0.5 / 0.5")).split("/"))
             grpo.update(trainer_cls=TARATrainer, trainer_kw=dict(teacher=teacher, visual_weight=w_v, text_weight=w_t, **o, **tara_kw))
     return train_and_evaluate(method, prof, base, evaluate, seed=seed, grpo=grpo, out_dir=out_dir, experiment="tara",
-                              keep_model=keep_model, load_kw=dict(lora=True) if prof.model.lora else None)
+                              keep_model=keep_model, load_kw=dict(lora=True) if prof.model.lora else None,
+                              probe=tara_probe(val, temperature=t.temperature, max_new_tokens=prof.eval.max_new_tokens) if every else None,
+                              probe_every=every)
 
 # %% ../nbs/14_tara.ipynb #a582d8f8
 def run_experiment(prof,  # a `Profile`

@@ -1,5 +1,6 @@
 "TARA (hvr_nbs.tara): the alignment losses, the layer / token selection, and TARATrainer's gradients on an untrained tiny VLM."
-import tempfile
+import contextlib, io, tempfile
+from pathlib import Path
 import pytest
 import torch
 from trl import GRPOTrainer
@@ -10,7 +11,7 @@ from hvr_nbs.training import grpo_config
 from hvr_nbs.rewards import tara_no_thinking_reward
 from hvr_nbs.runs import settings_table, check_settings, paper_profile
 from hvr_nbs.tara import (tara_questions, tara_projector, match_length, visual_alignment_loss, label_alignment_loss, layer_module,
-                          TARATrainer, LEVEL_WEIGHTS, PAPER_SETTINGS, tara_recipe, paper_table, _ratio)
+                          TARATrainer, LEVEL_WEIGHTS, PAPER_SETTINGS, PROJECTORS_FILE, tara_recipe, paper_table, novel_leaves, _ratio)
 
 torch.set_num_threads(1)
 
@@ -104,3 +105,52 @@ def test_weight_zero_equals_plain_grpo(setup):
         return {n: p.detach().clone() for n, p in t.model.named_parameters()}
     a, b = step(GRPOTrainer), step(TARATrainer, visual_weight=0.0, text_weight=0.0)
     assert max((a[n] - b[n]).abs().max().item() for n in a) == 0.0
+
+
+def test_batched_and_weighted_visual_loss_match_per_row():
+    p, q = torch.randn(3, 16, 8), torch.randn(3, 64, 8)
+    assert visual_alignment_loss(p, q).item() == pytest.approx(visual_alignment_loss(list(p), list(q)).item(), abs=1e-6)
+    twice = visual_alignment_loss(torch.cat([p, p[:1]]), torch.cat([q, q[:1]])).item()
+    assert visual_alignment_loss(p, q, weights=[2, 1, 1]).item() == pytest.approx(twice, abs=1e-6)
+    assert visual_alignment_loss(p, q, weights=[5, 1, 1]).item() != pytest.approx(twice, abs=1e-4)  # the weights count
+
+
+def test_novel_leaves_split():
+    w = make_world("smoke"); tax = w.taxonomy
+    nv = novel_leaves(tax, 4, seed=0)
+    assert len(nv) == 4 and nv == novel_leaves(tax, 4, seed=0) and nv != novel_leaves(tax, 4, seed=1)
+    genera = [tax.name_at(l, tax.ranks[-2]) for l in nv]
+    assert len(set(genera)) == 4 and all(len(tax.leaves_under(g)) > 1 for g in genera)
+
+
+def test_one_row_per_prompt_gives_the_same_loss_and_gradients(setup):
+    rows, teacher = setup
+    tr = _trainer(rows, teacher); tr.model.train(); tr.current_gradient_accumulation_steps = 1
+    b = tr._generate_and_score_completions([rows[i // 4] for i in range(8)])
+    assert b["tara_group"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1] and len(tr._teacher_cache["image"]) == 2
+    def grads(batch):
+        tr.model.zero_grad(); tr.tara_projectors.zero_grad(); tr._compute_loss(tr.model, batch).backward()
+        return torch.cat([p.grad.flatten() for p in [*tr.model.parameters(), *tr.tara_projectors.parameters()] if p.grad is not None])
+    torch.testing.assert_close(grads(b), grads({k: v for k, v in b.items() if k != "tara_group"}), atol=1e-5, rtol=1e-4)
+
+
+def test_resume_restores_projectors_and_matches_an_uninterrupted_run(setup):
+    from safetensors.torch import load_file
+    from hvr_nbs.training import train_grpo
+    rows, teacher = setup
+    def run(steps, ck=None):
+        conf = grpo_config("smoke", tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=8, num_generations=4, learning_rate=1e-3,
+                           temperature=1.0, max_completion_length=4, seed=0, disable_tqdm=True, logging_steps=1, save_strategy="steps", save_steps=1)
+        with contextlib.redirect_stdout(io.StringIO()):
+            return train_grpo("tiny-qwen2.5-vl", None, rows, [tara_no_thinking_reward], conf, trainer_cls=TARATrainer, resume_from_checkpoint=ck,
+                              teacher=teacher, projector_hidden=32, device="cpu")
+    full = run(2)
+    ck = Path(full.args.output_dir)/"checkpoint-1"
+    saved = load_file(str(ck/PROJECTORS_FILE))
+    opt = torch.load(ck/"optimizer.pt", weights_only=False)
+    assert opt["param_groups"][-1].get("tara") and all(i in opt["state"] for i in opt["param_groups"][-1]["params"])  # Adam state saved
+    res = run(2, ck)
+    assert res.state.global_step == 2
+    assert any(not torch.equal(saved[k], v) for k, v in res.tara_projectors.state_dict().items())  # step 2 trained them further
+    for k, v in full.tara_projectors.state_dict().items(): assert torch.equal(res.tara_projectors.state_dict()[k], v), k
+    for k, v in full.model.state_dict().items(): assert torch.equal(res.model.state_dict()[k], v), k
