@@ -51,7 +51,7 @@ PAPER_SETTINGS = [
 ]
 
 # %% ../nbs/10_taxonrl.ipynb #3e6f090f
-SMOKE_SETTINGS = dict(train__temperature=0.7, train__learning_rate=5e-4, train__num_generations=4,
+SMOKE_SETTINGS = dict(train__temperature=0.7, train__learning_rate=2.5e-4, train__beta=0.01, train__num_generations=4,
                       train__per_device_batch=32, train__grpo_steps=60, train__max_completion_length=48,
                       train__seeds=(0, 1, 2), eval__max_new_tokens=48, eval__n_eval=128)  # TaxonRL's CPU recipe (see "The smoke recipe")
 
