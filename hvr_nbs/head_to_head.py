@@ -178,14 +178,6 @@ def rank_taxonomy(taxonomy,  # a `Taxonomy`
     return Taxonomy({taxonomy.name_at(l, rank): taxonomy.path(l)[:k + 1] for l in taxonomy.leaves}, list(taxonomy.ranks)[:k + 1])
 
 # %% ../nbs/15_head_to_head.ipynb #39302a90
-def _one_rank_each(questions,  # per image-and-rank questions with 'image_id' and 'rank'
-                   seed: int = 0):  # which rank each image keeps
-    "One question per image, its rank drawn at random (seeded)."
-    rng, by = np.random.default_rng(seed), {}
-    for i, r in zip(questions["image_id"], questions["rank"]): by.setdefault(i, []).append(r)
-    pick = {i: rs[rng.integers(len(rs))] for i, rs in sorted(by.items())}
-    return questions.filter(lambda i, r: pick[i] == r, input_columns=["image_id", "rank"])
-
 def train_rows(method: str,  # one of METHODS
                images,  # the RL images
                taxonomy,  # their `Taxonomy`
@@ -210,8 +202,8 @@ def train_rows(method: str,  # one of METHODS
         p = user_prompt(taxonrl_single_prompt(R, domain))
         return images.select_columns(["image", *R]).map(lambda leaf: {"prompt": p, "answer": leaf}, input_columns=R[-1])
     if method == "vl-taxon":
-        from hvr_nbs.vl_taxon import stage1_rows, stage2_rows, vl_taxon_questions
-        q = _one_rank_each(vl_taxon_questions(images, taxonomy, None, seed=seed, domain=domain), seed)
+        from hvr_nbs.vl_taxon import stage1_rows, stage2_rows, vl_taxon_questions, _one_rank_per_image
+        q = _one_rank_per_image(vl_taxon_questions(images, taxonomy, None, seed=seed, domain=domain), seed)
         parts = [stage1_rows(images, R, domain), stage2_rows(q, R, domain)]
         parts = [p.select_columns(["image", "prompt", "answer", "stage"]).cast_column("answer", hfds.Value("string")) for p in parts]
         return hfds.concatenate_datasets(parts).shuffle(seed=seed)
