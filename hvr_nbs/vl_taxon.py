@@ -78,10 +78,11 @@ def vl_taxon_profile(profile="smoke",  # 'smoke', 'gpu-small', 'paper' or a `Pro
 
 # %% ../nbs/13_vl_taxon.ipynb #b1e2d432
 def _similarity_for(prof,  # a `Profile`: its `model.similarity` names the encoder ('tiny', 'siglip', a folder, ...)
-                   taxonomy):  # the Taxonomy whose names are scored
+                   taxonomy,  # the Taxonomy whose names are scored
+                   enc=None):  # the encoder, if already loaded (one per profile); default `load_encoder(prof.model.similarity)`
     "An image-text similarity `(list[PIL], list[str]) -> [N, T]` for mining distractors (`rank_questions`' `similarity_fn`)."
     from hvr_nbs.models import load_encoder, taxon_text
-    enc = load_encoder(prof.model.similarity, profile=prof)
+    enc = enc or load_encoder(prof.model.similarity, profile=prof)
     tiny = enc.name.startswith("tinyclip")
     up = {}
     for leaf in taxonomy.leaves:
@@ -204,10 +205,12 @@ def vl_taxon_all_questions(imgs,  # `vl_taxon_images` output
                            prof,  # a `Profile` (its similarity encoder mines the distractors)
                            seed: int = 0):  # distractor and option-order seed
     "Questions of 'sft', 'grpo' and the primary 'test' over the training taxonomy, and of each other test set ('extra') over its own."
-    sim = _similarity_for(prof, imgs["taxonomy"])
+    from hvr_nbs.models import load_encoder
+    enc = load_encoder(prof.model.similarity, profile=prof)  # once, for every test set
+    sim = _similarity_for(prof, imgs["taxonomy"], enc)
     Q = {k: vl_taxon_questions(imgs[k], imgs["taxonomy"], sim, seed=seed, domain=imgs["domain"], ranks=imgs["ranks"])
          for k in ("sft", "grpo", "test")}
-    Q["extra"] = {n: vl_taxon_questions(t["images"], t["taxonomy"], _similarity_for(prof, t["taxonomy"]), seed=seed,
+    Q["extra"] = {n: vl_taxon_questions(t["images"], t["taxonomy"], _similarity_for(prof, t["taxonomy"], enc), seed=seed,
                                         domain=t["domain"], ranks=t["ranks"])
                   for n, t in imgs.get("tests", {}).items() if n != imgs.get("test_name")}
     return Q

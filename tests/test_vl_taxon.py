@@ -213,7 +213,8 @@ def test_every_test_set_is_scored_and_tabled(tmp_path, monkeypatch):
     make_fixture("inat21", tmp_path/"inat21", n_classes=6, n_per_class=10)
     prof = get_profile("smoke", **TEST_OVERRIDES, data_root=str(tmp_path))
     imgs = vl_taxon_images(prof)
-    monkeypatch.setattr(vt, "_similarity_for", lambda prof, tax: None)  # random distractors (SigLIP is not here)
+    monkeypatch.setattr("hvr_nbs.models.load_encoder", lambda *a, **k: None)  # SigLIP is not here:
+    monkeypatch.setattr(vt, "_similarity_for", lambda prof, tax, enc=None: None)  # random distractors
     Q = vt.vl_taxon_all_questions(imgs, prof)
     assert list(Q["extra"]) == ["iNat21-Animal"] and set(Q["extra"]["iNat21-Animal"]["rank"]) == {"order", "family", "genus", "species"}
     assert "kingdom" not in set(Q["test"]["rank"]) | set(Q["extra"]["iNat21-Animal"]["rank"])
