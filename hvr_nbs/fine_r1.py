@@ -4,7 +4,7 @@
 
 # %% ../nbs/12_fine_r1.ipynb #2c745653
 from __future__ import annotations
-import contextlib, io, json, math, os, time
+import contextlib, io, json, math, os, re, time
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -24,8 +24,8 @@ from .runs import (PaperSetting, paper_profile, trainer_settings, settings_table
 __all__ = ['FINE_R1_PROMPTS', 'PAPER_SETTINGS', 'METHODS', 'ABLATIONS', 'PAPER_DATASETS', 'fine_r1_prompt', 'similar_leaves',
            'closed_options', 'synth_images', 'fine_r1_splits', 'tapo_rows', 'cot_rationale', 'read_cot_file',
            'question_rows', 'answer_of', 'evaluate_fine_r1', 'mask_patches', 'tapo_kl', 'TAPOTrainer',
-           'fine_r1_settings', 'cot_sft_model', 'run_method', 'run_experiment', 'results_table', 'paper_table',
-           'paper_images', 'main']
+           'fine_r1_settings', 'cot_sft_model', 'fine_r1_probe', 'run_method', 'run_experiment', 'results_table',
+           'ratio_sweep_table', 'paper_table', 'paper_images', 'main']
 
 # %% ../nbs/12_fine_r1.ipynb #a345a2d6
 FINE_R1_PROMPTS = {
@@ -93,8 +93,9 @@ def fine_r1_splits(train,  # labelled training images (a leaf column named after
                    k: int = 4,  # RL shots per seen category (the paper: 4)
                    n_sft: int = 8,  # CoT-SFT images per seen category (disjoint from the RL shots)
                    seen_frac: float = 0.6,  # the paper: 60% of the categories seen
-                   seed: int = 0):  # which categories are seen, which images are drawn
-    "Seen/unseen categories, the CoT-SFT pool, the k-shot RL pool and the held-out set with a `split` column."
+                   seed: int = 0,  # which categories are seen, which images are drawn
+                   val=None):  # labelled validation images (neither training nor held-out: the probe during RL); None: none
+    "Seen/unseen categories, the CoT-SFT pool, the k-shot RL pool, the held-out set (and validation set) with a `split` column."
     leaf = taxonomy.leaf_rank
     su = seen_unseen_split(train, leaf, seen_frac, seed)
     seen = sorted(set(su["seen"][leaf]))
@@ -102,8 +103,8 @@ def fine_r1_splits(train,  # labelled training images (a leaf column named after
     used = set(rl["image_id"]) if "image_id" in rl.column_names else set()
     rest = su["seen"].filter(lambda r: r["image_id"] not in used) if used else su["seen"]
     sft = k_shot(rest, n_sft, leaf, seed, allow_fewer=True)
-    test = test.add_column("split", ["seen" if l in set(seen) else "unseen" for l in test[leaf]])
-    return dict(seen=seen, unseen=sorted(set(taxonomy.leaves) - set(seen)), sft=sft, rl=rl, test=test)
+    mark = lambda ds: ds.add_column("split", ["seen" if l in set(seen) else "unseen" for l in ds[leaf]])
+    return dict(seen=seen, unseen=sorted(set(taxonomy.leaves) - set(seen)), sft=sft, rl=rl, test=mark(test)) | ({"val": mark(val)} if val is not None else {})
 
 # %% ../nbs/12_fine_r1.ipynb #ede5cd94
 def tapo_rows(rl,  # the k-shot RL images (`fine_r1_splits(...)['rl']`)
@@ -274,7 +275,7 @@ class TAPOTrainer(GRPOTrainer):
         super().__init__(*args, **kwargs)
         G = self.num_generations
         self.n_positive = G // 2 if n_positive is None else int(n_positive)
-        if not 0 <= self.n_positive < G: raise ValueError(f"n_positive must lie in [0, {G - 1}] for G = {G}, got {self.n_positive}")
+        if not 0 <= self.n_positive <= G: raise ValueError(f"n_positive must lie in [0, {G}] for G = {G}, got {self.n_positive}")
         if conditioning not in ("anchor", "own"): raise ValueError(f"conditioning must be 'anchor' or 'own', got {conditioning!r}")
         tapo_kl(torch.zeros(1, 1), torch.zeros(1, 1), form=kl_form)  # validates kl_form
         self.tapo_gamma, self.tapo_eta1, self.tapo_eta2, self.kl_clamp, self.kl_form = gamma, eta1, eta2, kl_clamp, kl_form
@@ -430,8 +431,25 @@ def cot_sft_model(prof,  # a `Profile`
 # %% ../nbs/12_fine_r1.ipynb #67d1f075
 METHODS = ("zero-shot", "cot-sft", "sft+dapo", "sft+tapo")
 ABLATIONS = {"sft+dapo+intra": dict(gamma=0.0, eta1=0.0, eta2=0.0),  # positive pooling only (Figure 3c '+Intra')
-             "sft+dapo+inter": dict(n_positive=0),  # negative-image KL and entropies only (Figure 3c '+Inter')
-             "sft+tapo (code conditioning)": dict(conditioning="own")}  # the released code's choice
+             "sft+dapo+inter": dict(n_positive=0),  # negative-image KL and entropies only (Figure 3c '+Inter'; Table 3a's n2 = 0 row)
+             "sft+tapo (code conditioning)": dict(conditioning="own"),  # the released code's choice
+             "sft+tapo (25% positive)": dict(positive_share=0.25),  # Table 3a, n1 : n2 = 8 : 2 at G = 10 (6 : 2 at G = 8)
+             "sft+tapo (75% positive)": dict(positive_share=0.75),  # Table 3a, 2 : 8 at G = 10 (2 : 6 at G = 8)
+             "sft+tapo (all positive)": dict(positive_share=1.0)}  # Table 3a, 0 : 10: every rollout on the positive image
+
+# %% ../nbs/12_fine_r1.ipynb #007037c9
+def fine_r1_probe(val,  # labelled validation images with `split` (`fine_r1_splits(..., val=...)['val']`): not the held-out ones
+                  taxonomy,  # their `Taxonomy`
+                  domain: str = "animal",  # prompt word
+                  style: str = "paper",  # prompt wording
+                  n_samples: int = 4,  # open-world samples per image
+                  **gen):  # temperature, top_p, max_new_tokens, batch_size (as `evaluate_fine_r1`)
+    "The probe `runs.HeldOutProbe` repeats during RL: (a) sampled open-world and (b) greedy closed-world accuracy on `val`."
+    def probe(model, processor):
+        processor.tokenizer.padding_side = "left"
+        _, m = evaluate_fine_r1(model, processor, val, taxonomy, domain, style, None, n_samples=n_samples, **gen)
+        return {k: m[k] for k in ("sampled_acc", "closed_acc")}
+    return probe
 
 # %% ../nbs/12_fine_r1.ipynb #a7e6308f
 def run_method(method: str,  # one of `METHODS` or `ABLATIONS`
@@ -447,6 +465,7 @@ def run_method(method: str,  # one of `METHODS` or `ABLATIONS`
                tapo_kw: dict | None = None,  # TAPOTrainer overrides (n_positive, gamma, conditioning, ...)
                out_dir=None,  # the run folder; default a fresh one
                keep_model: bool = False,  # keep the trained checkpoint (for the analysis)
+               n_probes: int = 4,  # held-out probes on `data['val']` during RL (plus one before the first step); 0: none
                **grpo_over):  # GRPO config overrides (max_steps, learning_rate, ...)
     "Train (or not) one Fine-R1 method from its start and evaluate it: a `RunResult`."
     s = settings or fine_r1_settings(prof); g, run = dict(s["grpo"], **grpo_over), s["run"]
@@ -454,6 +473,11 @@ def run_method(method: str,  # one of `METHODS` or `ABLATIONS`
                                              temperature=g["temperature"], top_p=g["top_p"], max_new_tokens=run["max_new_tokens"],
                                              batch_size=prof.eval.batch_size)
     kw = dict(evaluate=evaluate, seed=seed, out_dir=out_dir, experiment="fine-r1", keep_model=keep_model)
+    steps = int(g.get("max_steps", -1))
+    if n_probes and data.get("val") is not None and steps > 0:  # the paper's epoch-based runs: no probe
+        kw |= dict(probe=fine_r1_probe(data["val"], taxonomy, domain, run["style"], temperature=g["temperature"], top_p=g["top_p"],
+                                       max_new_tokens=run["max_new_tokens"], batch_size=prof.eval.batch_size),
+                   probe_every=max(1, steps // n_probes))
     if method == "zero-shot": return train_and_evaluate(method, prof, base, **kw)
     if method == "cot-sft": return train_and_evaluate(method, prof, start, **kw)
     if method not in METHODS and method not in ABLATIONS: raise ValueError(f"Unknown Fine-R1 method {method!r}; known: {METHODS + tuple(ABLATIONS)}")
@@ -462,7 +486,9 @@ def run_method(method: str,  # one of `METHODS` or `ABLATIONS`
     if method != "sft+dapo":
         t = s["tapo"]
         tk = dict(n_positive=t["n_positive"], gamma=t["gamma"], eta1=t["eta1"], eta2=t["eta2"], kl_clamp=t["kl_clamp"], conditioning=t["conditioning"])
-        grpo.update(trainer_cls=TAPOTrainer, trainer_kw=tk | ABLATIONS.get(method, {}) | (tapo_kw or {}))
+        tk = tk | ABLATIONS.get(method, {}) | (tapo_kw or {})
+        if "positive_share" in tk: tk["n_positive"] = int(round(tk.pop("positive_share") * g["num_generations"]))
+        grpo.update(trainer_cls=TAPOTrainer, trainer_kw=tk)
     return train_and_evaluate(method, prof, start, grpo=grpo, **kw)
 
 # %% ../nbs/12_fine_r1.ipynb #59096623
@@ -479,7 +505,7 @@ def run_experiment(methods,  # method names (`METHODS`, `ABLATIONS`)
     runs = []
     for m, s in tqdm(grid, desc="Fine-R1 runs", disable=not progress):
         keep = m == "sft+tapo" and s == seeds[0]  # the analysis reads this checkpoint
-        runs.append(run_method(m, data, taxonomy, prof, base, start, s, out_dir=out/f"{m.replace(' ', '_')}-s{s}", keep_model=keep, **kw))
+        runs.append(run_method(m, data, taxonomy, prof, base, start, s, out_dir=out/f"{re.sub(r'[^A-Za-z0-9_.+=%-]+', '_', m).strip('_')}-s{s}", keep_model=keep, **kw))
     results = pd.concat([r.results for r in runs], ignore_index=True)
     logs = [r.log.assign(method=r.method, seed=r.seed) for r in runs if len(r.log)]
     return runs, results, (pd.concat(logs, ignore_index=True) if logs else pd.DataFrame())
@@ -493,6 +519,21 @@ def results_table(runs,  # `RunResult`s
     out = df.groupby("method", sort=False)[list(metrics)].mean().round(1)
     out.insert(0, "seeds", df.groupby("method", sort=False)["seed"].nunique())
     return out
+
+# %% ../nbs/12_fine_r1.ipynb #8b7d650d
+def ratio_sweep_table(runs,  # `RunResult`s: 'sft+dapo+inter' (n2 = 0), 'sft+tapo' and the 'sft+tapo (... positive)' ablations
+                      G: int,  # rollouts per group, n1 + n2
+                      n_positive: int,  # TAPO's own n2
+                      metrics=("open_similarity_unseen", "sampled_acc", "closed_acc")):  # metric keys (%)
+    "Table 3a's view: one row per n1 : n2 at n1 + n2 = G, with the runs' metrics (%) and the share of positive rollouts."
+    n2_of = {"sft+dapo+inter": 0, "sft+tapo": n_positive} | {m: int(round(a["positive_share"] * G)) for m, a in ABLATIONS.items() if "positive_share" in a}
+    rows = [dict(method=r.method, n1=G - n2_of[r.method], n2=n2_of[r.method], **{k: 100 * r.metrics.get(k, np.nan) for k in metrics})
+            for r in runs if r.method in n2_of]
+    if not rows: return pd.DataFrame(columns=["n1 : n2", "positive share", "method", *metrics])
+    df = pd.DataFrame(rows).groupby(["n1", "n2"], as_index=False).agg(method=("method", "first"), **{k: (k, "mean") for k in metrics})
+    df = df.sort_values("n2").reset_index(drop=True)
+    df.insert(0, "n1 : n2", [f"{a} : {b}" for a, b in zip(df.n1, df.n2)]); df.insert(1, "positive share", df.n2 / G)
+    return df.drop(columns=["n1", "n2"]).round({k: 1 for k in metrics})
 
 # %% ../nbs/12_fine_r1.ipynb #54b9d6db
 def paper_table(name: str):  # 'table1', 'table2', 'table3a', 'table3c', 'figure3c', 'table4'

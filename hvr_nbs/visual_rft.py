@@ -27,8 +27,9 @@ from .runs import (PaperSetting, paper_profile, trainer_settings, settings_table
 # %% auto #0
 __all__ = ['PAPER_SETTINGS', 'SMOKE_RECIPE', 'SFT_THINK', 'TASK_REWARDS', 'METHODS', 'PAPER_CLS_DATASETS', 'visual_rft_profile',
            'cls_question', 'det_question', 'cls_rows', 'det_rows', 'answer_kind', 'reward_hole_table',
-           'average_precision', 'detection_metrics', 'prime_format', 'starting_model', 'kshot', 'run_method',
-           'run_fewshot', 'visual_rft_data', 'shots_table', 'paper_classification_sets', 'run_experiment', 'main']
+           'average_precision', 'detection_metrics', 'prime_format', 'starting_model', 'kshot', 'probe_metrics',
+           'run_method', 'run_fewshot', 'visual_rft_data', 'shots_table', 'paper_classification_sets', 'run_experiment',
+           'main']
 
 # %% ../nbs/11_visual_rft.ipynb #2460b14c
 PAPER_SETTINGS = [
@@ -293,6 +294,15 @@ def _evaluate(task, test, prof, n_samples, model, processor):
                   "distinct answers": float(summ["distinct_answers"]), "zero-std share": float(summ["zero_std_share"])})
     return df, m
 
+# %% ../nbs/11_visual_rft.ipynb #e7426297
+def probe_metrics(rows: Dataset,  # classification validation rows (a render the test never uses)
+                  prof,  # a `Profile`
+                  model, processor,  # the model being trained and its processor
+                  n_samples: int = 4):  # sampled completions per row
+    "The held-out probe `runs.HeldOutProbe` repeats during RFT: greedy and sampled accuracy on `rows` (fractions)."
+    _, m = _evaluate("classification", rows, prof, n_samples, model, processor)
+    return {k: m[k] for k in ("greedy accuracy", "sampled accuracy")}
+
 # %% ../nbs/11_visual_rft.ipynb #23fb0558
 METHODS = ("base", "sft", "rft")
 
@@ -305,6 +315,8 @@ def run_method(method: str,  # 'base' (zero-shot), 'sft' or 'rft'
                seed: int = 0,  # the run's seed
                out_dir=None,  # the run folder; default a fresh `run_dir`
                n_samples: int | None = None,  # sampled completions per test image; default the profile's (0 for detection)
+               probe_rows: Dataset | None = None,  # classification validation rows (not `test`) probed during RFT; None: no probe
+               n_probes: int = 4,  # probes during RFT (plus one before the first step)
                **kw):  # more trainer-config settings for the trained stage (e.g. max_steps)
     "One Visual-RFT run on the shared skeleton (`train_and_evaluate`): a `RunResult` with greedy and sampled metrics."
     if method not in METHODS: raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -320,8 +332,11 @@ def run_method(method: str,  # 'base' (zero-shot), 'sft' or 'rft'
         extra = {**trainer_settings(PAPER_SETTINGS, "grpo"), **(trainer_settings(PAPER_SETTINGS, "det") if task == "detection" else {})} if paper else {}
         grpo = dict(dataset=train.select_columns(["image", "prompt", truth]), reward_funcs=TASK_REWARDS[task], **extra, **kw)
     n = (prof.eval.n_samples if task == "classification" else 0) if n_samples is None else n_samples
+    steps = int(kw.get("max_steps", prof.train.grpo_steps))
+    probe = dict(probe=partial(probe_metrics, probe_rows, prof), probe_every=max(1, steps // n_probes)) \
+        if grpo and task == "classification" and probe_rows is not None and n_probes and steps > 0 and not paper else {}
     return train_and_evaluate(method, prof, start, partial(_evaluate, task, test, prof, n), seed=seed, sft=sft, grpo=grpo,
-                              out_dir=out_dir, experiment=f"visual-rft-{task}", task=task,
+                              out_dir=out_dir, experiment=f"visual-rft-{task}", task=task, **probe,
                               n_train=0 if train is None else len(train), n_test=len(test))
 
 # %% ../nbs/11_visual_rft.ipynb #ca68a9a7
@@ -354,9 +369,9 @@ def run_fewshot(task: str,  # 'classification' or 'detection'
 def visual_rft_data(prof,  # a `Profile`
                     shots=(16,),  # shot counts (the pool holds max(shots) images per category)
                     seed: int = 0):  # test-row sampling seed (paper data)
-    "Rows for both tasks: {'classification': {name: (pool, test)}, 'detection': (pool, test) or None}."
+    "Rows for both tasks: {'classification': {name: (pool, test)}, 'detection': (pool, test) or None, 'validation': probe rows or None}."
     if prof.name == "paper":
-        return {"classification": paper_classification_sets(prof.data_root, n_test=prof.eval.n_eval, seed=seed), "detection": None}
+        return {"classification": paper_classification_sets(prof.data_root, n_test=prof.eval.n_eval, seed=seed), "detection": None, "validation": None}
     from hvr_nbs.synthetic import make_world
     world = make_world(prof)
     per_sp = max(1, math.ceil(prof.eval.n_eval / len(world.species)))
@@ -367,7 +382,8 @@ def visual_rft_data(prof,  # a `Profile`
     det_pool = det_rows(world.dataset(max(4, max(shots) // 4), seed=3, n_objects=3), world.taxonomy, "order", S)
     det_test = det_rows(world.dataset(max(1, per_sp // 2), seed=4, n_objects=3), world.taxonomy, "order", S)
     det_test = det_test.shuffle(seed=0).select(range(min(prof.eval.n_eval, len(det_test))))
-    return {"classification": {"SynthTaxa": (pool, test)}, "detection": (det_pool, det_test)}
+    val = cls_rows(world.dataset(1, seed=2), "species", "animal", keep=keep)  # the render the recipe was chosen on: the probe during RFT
+    return {"classification": {"SynthTaxa": (pool, test)}, "detection": (det_pool, det_test), "validation": val}
 
 # %% ../nbs/11_visual_rft.ipynb #5ff45726
 def shots_table(results: pd.DataFrame,  # `run_fewshot` results

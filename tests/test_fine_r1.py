@@ -139,6 +139,12 @@ def test_tapo_conditioning_and_kl_gradient(tapo_batch):
     assert max(p.grad.abs().max().item() for p in tr.model.parameters() if p.grad is not None) > 0
 
 
+def test_tapo_all_positive_is_table3a_last_row(tapo_batch):
+    tr, out = tapo_batch(n_positive=4)  # n1 : n2 = 0 : G, every rollout on the positive image, updated under the anchor
+    assert out["tapo_positive"].all() and len(out["neg_pixel_values"]) == 8
+
+
 def test_tapo_rejects_bad_settings(tapo_batch):
-    with pytest.raises(ValueError): tapo_batch(n_positive=4)
+    with pytest.raises(ValueError): tapo_batch(n_positive=5)
+    with pytest.raises(ValueError): tapo_batch(n_positive=-1)
     with pytest.raises(ValueError): tapo_batch(conditioning="positive")
