@@ -167,7 +167,10 @@ def _fmt_cell(v):  # one cell of a result table
 def _index_as_columns(df):  # a result table
     "`df` with a meaningful index (named, or other than 0, 1, ...) moved into its leading columns; an unnamed one under an empty header."
     if df.index.name or not isinstance(df.index, pd.RangeIndex):
-        return df.reset_index(names=df.index.name or "") if df.index.nlevels == 1 else df.reset_index()
+        if df.index.nlevels > 1: return df.reset_index()
+        name = df.index.name or ""
+        while name in df.columns: name += " "  # never collide with a column of the same name
+        return df.reset_index(names=name)
     return df
 
 # %% ../nbs/20_reproduce.ipynb #983e89a3
@@ -215,13 +218,23 @@ def _flat(col):  # a column label, or a tuple of them
     parts = col if isinstance(col, tuple) else (col,)
     return " ".join(str(p) for p in parts if str(p) not in ("", "nan") and not str(p).startswith("Unnamed: "))
 
+# %% ../nbs/20_reproduce.ipynb #80faacc3
+def _index_columns(path,  # a CSV written by `DataFrame.to_csv` with `n` header rows
+                   n: int):  # its header rows (`_header_levels`)
+    "How many index columns it has: the header rows are blank over every index column but the first."
+    with open(path, newline="", encoding="utf-8") as f: head = list(itertools.islice(csv.reader(f), n))
+    k = 1
+    while head and all(len(r) > k + 1 and r[k] == "" for r in head): k += 1
+    return k
+
 # %% ../nbs/20_reproduce.ipynb #56df3779
 def read_table(path):  # a CSV written by `log_result`
     "A logged table read back with the header rows it was written with; several header levels flattened into one."
     n = _header_levels(path)
     if n > 1:
         try:
-            df = pd.read_csv(path, header=list(range(n)), index_col=0)
+            k = _index_columns(path, n)
+            df = pd.read_csv(path, header=list(range(n)), index_col=list(range(k)) if k > 1 else 0)
             df.columns = [_flat(c) for c in df.columns]
             if str(df.index.name).startswith("Unnamed: "): df.index.name = None
         except (ValueError, IndexError, pd.errors.ParserError): n = 1  # not what it looked like: read it plainly
