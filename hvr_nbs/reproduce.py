@@ -218,7 +218,7 @@ def _flat(col):  # a column label, or a tuple of them
     parts = col if isinstance(col, tuple) else (col,)
     return " ".join(str(p) for p in parts if str(p) not in ("", "nan") and not str(p).startswith("Unnamed: "))
 
-# %% ../nbs/20_reproduce.ipynb #80faacc3
+# %% ../nbs/20_reproduce.ipynb #eb509541
 def _index_columns(path,  # a CSV written by `DataFrame.to_csv` with `n` header rows
                    n: int):  # its header rows (`_header_levels`)
     "How many index columns it has: the header rows are blank over every index column but the first."
