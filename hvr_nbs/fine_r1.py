@@ -103,7 +103,8 @@ def fine_r1_splits(train,  # labelled training images (a leaf column named after
     used = set(rl["image_id"]) if "image_id" in rl.column_names else set()
     rest = su["seen"].filter(lambda r: r["image_id"] not in used) if used else su["seen"]
     sft = k_shot(rest, n_sft, leaf, seed, allow_fewer=True)
-    mark = lambda ds: ds.add_column("split", ["seen" if l in set(seen) else "unseen" for l in ds[leaf]])
+    seen_set = set(seen)
+    mark = lambda ds: ds.add_column("split", ["seen" if l in seen_set else "unseen" for l in ds[leaf]])
     return dict(seen=seen, unseen=sorted(set(taxonomy.leaves) - set(seen)), sft=sft, rl=rl, test=mark(test)) | ({"val": mark(val)} if val is not None else {})
 
 # %% ../nbs/12_fine_r1.ipynb #ede5cd94
@@ -437,6 +438,10 @@ ABLATIONS = {"sft+dapo+intra": dict(gamma=0.0, eta1=0.0, eta2=0.0),  # positive 
              "sft+tapo (75% positive)": dict(positive_share=0.75),  # Table 3a, 2 : 8 at G = 10 (2 : 6 at G = 8)
              "sft+tapo (all positive)": dict(positive_share=1.0)}  # Table 3a, 0 : 10: every rollout on the positive image
 
+def _positive_rollouts(share: float, G: int):  # share of a group's G rollouts on the positive image
+    "n2 for a `positive_share` ablation: the share of G, rounded (0.25 of 10 -> 2, 0.75 of 10 -> 8, as Table 3a's rows)."
+    return int(round(share * G))
+
 # %% ../nbs/12_fine_r1.ipynb #007037c9
 def fine_r1_probe(val,  # labelled validation images with `split` (`fine_r1_splits(..., val=...)['val']`): not the held-out ones
                   taxonomy,  # their `Taxonomy`
@@ -445,8 +450,7 @@ def fine_r1_probe(val,  # labelled validation images with `split` (`fine_r1_spli
                   n_samples: int = 4,  # open-world samples per image
                   **gen):  # temperature, top_p, max_new_tokens, batch_size (as `evaluate_fine_r1`)
     "The probe `runs.HeldOutProbe` repeats during RL: (a) sampled open-world and (b) greedy closed-world accuracy on `val`."
-    def probe(model, processor):
-        processor.tokenizer.padding_side = "left"
+    def probe(model, processor):  # `evaluate_fine_r1` left-pads its batches itself
         _, m = evaluate_fine_r1(model, processor, val, taxonomy, domain, style, None, n_samples=n_samples, **gen)
         return {k: m[k] for k in ("sampled_acc", "closed_acc")}
     return probe
@@ -487,7 +491,7 @@ def run_method(method: str,  # one of `METHODS` or `ABLATIONS`
         t = s["tapo"]
         tk = dict(n_positive=t["n_positive"], gamma=t["gamma"], eta1=t["eta1"], eta2=t["eta2"], kl_clamp=t["kl_clamp"], conditioning=t["conditioning"])
         tk = tk | ABLATIONS.get(method, {}) | (tapo_kw or {})
-        if "positive_share" in tk: tk["n_positive"] = int(round(tk.pop("positive_share") * g["num_generations"]))
+        if "positive_share" in tk: tk["n_positive"] = _positive_rollouts(tk.pop("positive_share"), g["num_generations"])
         grpo.update(trainer_cls=TAPOTrainer, trainer_kw=tk)
     return train_and_evaluate(method, prof, start, grpo=grpo, **kw)
 
@@ -526,7 +530,7 @@ def ratio_sweep_table(runs,  # `RunResult`s: 'sft+dapo+inter' (n2 = 0), 'sft+tap
                       n_positive: int,  # TAPO's own n2
                       metrics=("open_similarity_unseen", "sampled_acc", "closed_acc")):  # metric keys (%)
     "Table 3a's view: one row per n1 : n2 at n1 + n2 = G, with the runs' metrics (%) and the share of positive rollouts."
-    n2_of = {"sft+dapo+inter": 0, "sft+tapo": n_positive} | {m: int(round(a["positive_share"] * G)) for m, a in ABLATIONS.items() if "positive_share" in a}
+    n2_of = {"sft+dapo+inter": 0, "sft+tapo": n_positive} | {m: _positive_rollouts(a["positive_share"], G) for m, a in ABLATIONS.items() if "positive_share" in a}
     rows = [dict(method=r.method, n1=G - n2_of[r.method], n2=n2_of[r.method], **{k: 100 * r.metrics.get(k, np.nan) for k in metrics})
             for r in runs if r.method in n2_of]
     if not rows: return pd.DataFrame(columns=["n1 : n2", "positive share", "method", *metrics])
