@@ -18,7 +18,7 @@ from .rewards import fine_r1_accuracy_reward, fine_r1_format_reward, parse_tag, 
 from .metrics import text_inclusion, relative_semantic_similarity
 from .evaluation import generate_completions, sample_completions, sampling_summary
 from .runs import (PaperSetting, paper_profile, trainer_settings, settings_table, check_settings, RunResult,
-                          train_and_evaluate, learning_records, paper_cli, cli_profile)
+                          train_and_evaluate, learning_records, map_runs, paper_cli, cli_profile)
 
 # %% auto #0
 __all__ = ['FINE_R1_PROMPTS', 'PAPER_SETTINGS', 'METHODS', 'ABLATIONS', 'PAPER_DATASETS', 'fine_r1_prompt', 'similar_leaves',
@@ -503,13 +503,12 @@ def run_experiment(methods,  # method names (`METHODS`, `ABLATIONS`)
                    progress: bool = True,  # a tqdm bar over the runs
                    **kw):  # passed to `run_method` (encoder, domain, settings, grpo overrides)
     "Every method x seed: (list of `RunResult`s, tidy per-item results, tidy training logs)."
-    from tqdm.auto import tqdm
     out = Path(out_dir) if out_dir else run_dir("fine-r1", prof.name, seeds[0])
     grid = [(m, s) for m in methods for s in (seeds[:1] if m in ("zero-shot", "cot-sft") else seeds)]
-    runs = []
-    for m, s in tqdm(grid, desc="Fine-R1 runs", disable=not progress):
-        keep = m == "sft+tapo" and s == seeds[0]  # the analysis reads this checkpoint
-        runs.append(run_method(m, data, taxonomy, prof, base, start, s, out_dir=out/f"{re.sub(r'[^A-Za-z0-9_.+=%-]+', '_', m).strip('_')}-s{s}", keep_model=keep, **kw))
+    slug = lambda m: re.sub(r'[^A-Za-z0-9_.+=%-]+', '_', m).strip('_')
+    runs = map_runs(run_method, [((m, data, taxonomy, prof, base, start, s),  # keep: the analysis reads sft+tapo's first-seed checkpoint
+                                  dict(out_dir=out/f"{slug(m)}-s{s}", keep_model=m == "sft+tapo" and s == seeds[0], **kw)) for m, s in grid],
+                    desc="Fine-R1 runs" if progress else "runs")  # independent runs, spread over the CPU cores
     results = pd.concat([r.results for r in runs], ignore_index=True)
     logs = [r.log.assign(method=r.method, seed=r.seed) for r in runs if len(r.log)]
     return runs, results, (pd.concat(logs, ignore_index=True) if logs else pd.DataFrame())

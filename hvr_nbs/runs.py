@@ -4,7 +4,7 @@
 
 # %% ../nbs/08a_runs.ipynb #62877dfe
 from __future__ import annotations
-import argparse, contextlib, io, shutil, time
+import argparse, contextlib, io, os, shutil, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -14,7 +14,8 @@ from .core import get_profile, set_seed, run_dir, write_manifest, in_test, noteb
 
 # %% auto #0
 __all__ = ['PaperSetting', 'paper_profile', 'trainer_settings', 'settings_table', 'check_settings', 'RunResult',
-           'save_checkpoint', 'HeldOutProbe', 'train_and_evaluate', 'learning_records', 'paper_cli', 'cli_profile']
+           'save_checkpoint', 'HeldOutProbe', 'train_and_evaluate', 'run_workers', 'map_runs', 'learning_records',
+           'paper_cli', 'cli_profile']
 
 # %% ../nbs/08a_runs.ipynb #4784f472
 class PaperSetting(NamedTuple):
@@ -219,6 +220,44 @@ def train_and_evaluate(method: str,  # the method's name (run folder, 'method' c
                    sft={k: v for k, v in (sft or {}).items() if k != "dataset"} or None,
                    grpo={k: v for k, v in (grpo or {}).items() if k != "dataset"} or None, resumed_from=resumed or None, **manifest)
     return RunResult(method, seed, df, dict(metrics), log, out, secs, model_dir)
+
+# %% ../nbs/08a_runs.ipynb #45b9327e
+def run_workers(n_runs: int,  # independent runs waiting
+                workers: int | None = None):  # asked for; default env `HVR_WORKERS`, else automatic
+    "Worker processes for `n_runs` independent runs: `workers`, else env `HVR_WORKERS`, else 1 under nbdev_test or on a GPU, else one per CPU core."
+    if workers is None and os.environ.get("HVR_WORKERS", "").strip():
+        try: workers = int(os.environ["HVR_WORKERS"])
+        except ValueError: raise ValueError(f"HVR_WORKERS must be a whole number, got {os.environ['HVR_WORKERS']!r}") from None
+    if workers is None:
+        import torch
+        workers = 1 if in_test() or torch.cuda.is_available() else (os.cpu_count() or 1)
+    return max(1, min(int(workers), int(n_runs)))
+
+# %% ../nbs/08a_runs.ipynb #57bd50d1
+def _call_in_worker(fn, args, kw, env):
+    "Run `fn(*args, **kw)` in a worker: the parent's HVR_ settings, one torch thread, the notebooks' quiet libraries."
+    import warnings, torch, datasets, transformers
+    os.environ.update(env)
+    torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    datasets.disable_progress_bars(); transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    return fn(*args, **kw)
+
+def map_runs(fn: Callable,  # one run, e.g. a paper's `run_method`
+             calls,  # (args, kwargs) per run
+             workers: int | None = None,  # worker processes (`run_workers`)
+             desc: str = "runs"):  # progress-bar label
+    "`[fn(*args, **kw) for args, kw in calls]`, spread over worker processes when there are several (joblib, loky); results in order."
+    from tqdm.auto import tqdm
+    calls = [(tuple(a), dict(k)) for a, k in calls]
+    n = run_workers(len(calls), workers)
+    if n == 1: return [fn(*a, **k) for a, k in tqdm(calls, desc=desc, disable=len(calls) < 2)]
+    import joblib
+    env = {k: v for k, v in os.environ.items() if k.startswith("HVR_")}
+    with joblib.parallel_config(backend="loky", inner_max_num_threads=1):
+        out = joblib.Parallel(n_jobs=n, return_as="generator")(joblib.delayed(_call_in_worker)(fn, a, k, env) for a, k in calls)
+        return list(tqdm(out, total=len(calls), desc=f"{desc} ({n} workers)"))
 
 # %% ../nbs/08a_runs.ipynb #8a26c942
 def learning_records(start: RunResult,  # the starting model's run (no training)

@@ -13,7 +13,7 @@ from torch import nn
 import torch.nn.functional as F
 from trl import GRPOTrainer
 from .core import get_profile, in_test, log_result, run_dir
-from .runs import PaperSetting, paper_profile, trainer_settings, settings_table, check_settings, train_and_evaluate, learning_records, paper_cli, cli_profile
+from .runs import PaperSetting, paper_profile, trainer_settings, settings_table, check_settings, train_and_evaluate, learning_records, map_runs, paper_cli, cli_profile
 
 # %% auto #0
 __all__ = ['NO_THINKING', 'OPEN_QUESTION', 'CHOICE_QUESTION', 'LEVEL_WEIGHTS', 'UNKNOWN_SYSTEM', 'SMOKE_OVERRIDES', 'SMOKE_BASE',
@@ -74,7 +74,7 @@ def tara_questions(images,  # labelled images: 'image' and one column per rank (
     return hfds.Dataset.from_list(rows)
 
 # %% ../nbs/14_tara.ipynb #79c1ab4a
-SMOKE_OVERRIDES = dict(train__learning_rate=3e-4, train__grpo_steps=300, train__per_device_batch=128, train__num_generations=8,
+SMOKE_OVERRIDES = dict(train__learning_rate=3e-4, train__grpo_steps=150, train__per_device_batch=128, train__num_generations=8,
                        train__temperature=1.0, train__max_completion_length=12, train__beta=0.0,
                        train__seeds=(0, 1, 2), eval__max_new_tokens=12)  # the smoke learning-check recipe (see below)
 SMOKE_BASE = dict(leaf_open_share=0.2)  # `warm_start_base` options of the smoke start: a base that rarely says the species
@@ -311,7 +311,6 @@ def tara_evaluator(test,  # `tara_questions(..., ranks=...)` rows: every evaluat
     from hvr_nbs.metrics import hierarchical_metrics, unknown_f1
     ranks = list(ranks)
     def evaluate(model, processor):
-        processor.tokenizer.padding_side = "left"
         g = generate_completions(model, processor, test, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=False)
         s = sample_completions(model, processor, test, n=n_samples, temperature=temperature, max_new_tokens=max_new_tokens,
                                batch_size=max(1, batch_size // 2), progress=False)
@@ -347,7 +346,6 @@ def tara_probe(rows,  # held-out `tara_questions` rows that are neither test nor
     from hvr_nbs.evaluation import generate_completions, sample_completions
     truth = [str(a).strip().casefold() for a in rows["answer"]]
     def probe(model, processor):
-        processor.tokenizer.padding_side = "left"
         g = generate_completions(model, processor, rows, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=False)
         s = sample_completions(model, processor, rows, n=n_samples, temperature=temperature, max_new_tokens=max_new_tokens,
                                batch_size=max(1, batch_size // 2), progress=False)
@@ -519,10 +517,10 @@ def run_experiment(prof,  # a `Profile`
     out = Path(out_dir) if out_dir else run_dir("tara", prof.name, seeds[0])
     recipe, start, runs = tara_recipe(prof), None, []
     if "zero-shot" in methods: start = run_method("zero-shot", prof, base, data, seed=seeds[0], recipe=recipe, out_dir=out/"zero-shot")
-    for m in [m for m in METHODS if m in methods and m != "zero-shot"]:
-        for s in seeds:
-            runs.append(run_method(m, prof, base, data, teacher, seed=s, recipe=recipe, out_dir=out/f"{m}-s{s}",
-                                   keep_model=keep_models and s == seeds[0]))
+    grid = [(m, s) for m in METHODS if m in methods and m != "zero-shot" for s in seeds]
+    runs = map_runs(run_method, [((m, prof, base, data, teacher), dict(seed=s, recipe=recipe, out_dir=out/f"{m}-s{s}",
+                                                                       keep_model=keep_models and s == seeds[0])) for m, s in grid],
+                    desc="TARA runs")  # independent runs, spread over the CPU cores
     every = ([start] if start else []) + runs
     results = pd.concat([r.results for r in every], ignore_index=True)
     logs = pd.concat([r.log.assign(method=r.method, seed=r.seed) for r in runs if len(r.log)], ignore_index=True) if runs else pd.DataFrame()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from .core import get_profile, in_test, set_seed, run_dir, write_manifest, log_result
-from .runs import PaperSetting, paper_profile, trainer_settings, train_and_evaluate, paper_cli, cli_profile
+from .runs import PaperSetting, paper_profile, trainer_settings, train_and_evaluate, map_runs, paper_cli, cli_profile
 
 # %% auto #0
 __all__ = ['PAPER_SETTINGS', 'SMOKE_SETTINGS', 'LEVELS', 'EXPERIMENTS', 'BALANCED_STRATA', 'ID_ATTRIBUTES', 'CHIMP_ATTRIBUTES',
@@ -565,8 +565,9 @@ def run_experiment(prof,  # a `Profile`
     "Run every method for every seed: (per-pair results, training logs, the `RunResult`s)."
     data = data if data is not None else taxonrl_pairs(prof, seed=seeds[0])
     base_dir = base_dir or taxonrl_base(prof, data)
-    runs = [run_method(m, data, base_dir, prof, seed=s, steps=steps, n_eval=n_eval,
-                       out_dir=Path(out_dir)/f"{m}-s{s}" if out_dir else None) for s in seeds for m in methods]
+    runs = map_runs(run_method, [((m, data, base_dir, prof), dict(seed=s, steps=steps, n_eval=n_eval,
+                                  out_dir=Path(out_dir)/f"{m}-s{s}" if out_dir else None)) for s in seeds for m in methods],
+                    desc="TaxonRL runs")  # independent runs, spread over the CPU cores
     res = pd.concat([r.results for r in runs], ignore_index=True)
     logs = [r.log.assign(method=r.method, seed=r.seed) for r in runs if len(r.log)]
     return res, (pd.concat(logs, ignore_index=True) if logs else pd.DataFrame()), runs

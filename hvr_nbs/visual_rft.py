@@ -22,7 +22,7 @@ from .rewards import (visual_rft_format_reward, visual_rft_accuracy_reward, visu
 from .evaluation import generate_completions, score_completions, sample_completions, sampling_summary
 from .data import user_prompt, assistant_turn
 from .runs import (PaperSetting, paper_profile, trainer_settings, settings_table, check_settings, RunResult,
-                          train_and_evaluate, learning_records, paper_cli, cli_profile)
+                          train_and_evaluate, learning_records, map_runs, paper_cli, cli_profile)
 
 # %% auto #0
 __all__ = ['PAPER_SETTINGS', 'SMOKE_RECIPE', 'SFT_THINK', 'TASK_REWARDS', 'METHODS', 'PAPER_CLS_DATASETS', 'visual_rft_profile',
@@ -352,13 +352,13 @@ def run_fewshot(task: str,  # 'classification' or 'detection'
                 dataset_name: str = "SynthTaxa",  # recorded in the tables
                 **kw):  # passed to `run_method` (n_samples, trainer settings)
     "The grid for one task and data set: dict(results, logs, completions, runs) with tidy frames and `RunResult`s by (method, shots, seed)."
-    from tqdm.auto import tqdm
     by = "answer" if task == "classification" else "category"
     out_dir = Path(out_dir) if out_dir else run_dir(f"visual-rft-{task}", prof.name, seeds[0])
     runs = {("base", 0, seeds[0]): run_method("base", task, prof, start, None, test, seeds[0], out_dir/f"{dataset_name}-{task}-base", **kw)}
-    for k, seed, method in tqdm([(k, s, m) for k in shots for s in seeds for m in methods], desc=f"{dataset_name} {task}"):
-        runs[(method, k, seed)] = run_method(method, task, prof, start, kshot(pool, k, by, seed), test, seed,
-                                             out_dir/f"{dataset_name}-{task}-{method}-k{k}-s{seed}", **kw)
+    grid = [(m, k, s) for k in shots for s in seeds for m in methods]
+    done = map_runs(run_method, [((m, task, prof, start, kshot(pool, k, by, s), test, s, out_dir/f"{dataset_name}-{task}-{m}-k{k}-s{s}"), kw)
+                                 for m, k, s in grid], desc=f"{dataset_name} {task}")  # independent runs, spread over the CPU cores
+    runs.update(zip(grid, done))
     tag = lambda m, k, s: dict(data=dataset_name, task=task, method=m, shots=k, seed=s)
     results = pd.DataFrame([dict(tag(*key), **r.metrics, train_seconds=r.seconds.get("train", 0.0)) for key, r in runs.items()])
     logs = [r.log.assign(**tag(*key)) for key, r in runs.items() if len(r.log)]

@@ -12,7 +12,7 @@ from .core import get_profile, notebook_setup, run_dir, write_manifest, log_resu
 from .rewards import vl_taxon_format_reward
 from .data import assistant_turn
 from .evaluation import learning_check
-from .runs import PaperSetting, paper_profile, trainer_settings, train_and_evaluate, learning_records, paper_cli, cli_profile
+from .runs import PaperSetting, paper_profile, trainer_settings, train_and_evaluate, learning_records, map_runs, paper_cli, cli_profile
 
 # %% auto #0
 __all__ = ['SMOKE_RECIPE', 'PAPER_SETTINGS', 'TEST_SETS', 'RANKS', 'METHODS', 'vl_taxon_profile', 'paper_train_selection',
@@ -23,7 +23,7 @@ __all__ = ['SMOKE_RECIPE', 'PAPER_SETTINGS', 'TEST_SETS', 'RANKS', 'METHODS', 'v
 
 # %% ../nbs/13_vl_taxon.ipynb #3b12fb43
 SMOKE_RECIPE = dict(train__sft_steps=400, train__sft_lr=1e-3,  # the warm start's lr: at 5e-4 x 200 steps the tags were not learned
-                    train__grpo_steps=200, train__learning_rate=3e-4,  # 3,200 prompts, about 11 epochs over the GRPO half's rows
+                    train__grpo_steps=100, train__learning_rate=3e-4,  # 1,600 prompts, about 5.5 epochs over the GRPO half's rows
                     train__num_generations=8, train__per_device_batch=128,  # 16 prompts x 8 rollouts per step (GRPO)
                     train__temperature=1.0, train__max_completion_length=32, train__beta=0.0,
                     train__seeds=(0, 1, 2), eval__n_samples=8, eval__max_new_tokens=32)  # `smoke`'s VL-Taxon recipe (see the learning check)
@@ -551,6 +551,11 @@ def _sft_start(method, imgs, Q, prof, base, n_eval, sampled, out, cache=True):
     return r
 
 # %% ../nbs/13_vl_taxon.ipynb #258e190b
+def _first_stage(m, imgs, Q, prof, base, n_eval, sampled, out, cache):
+    "A run that starts from the base: an SFT start (`_sft_start`) or zero-shot."
+    if m in _START.values(): return _sft_start(m, imgs, Q, prof, base, n_eval, sampled, out, cache)
+    return run_method(m, imgs, Q, prof, base, 0, n_eval, sampled, out)
+
 def run_experiment(prof,  # a `Profile`
                    imgs: dict, Q: dict,  # `vl_taxon_images` output and its questions
                    base,  # the base checkpoint (warm-started tiny VLM, or the paper's model)
@@ -566,16 +571,13 @@ def run_experiment(prof,  # a `Profile`
     seeds = tuple(seeds or prof.train.seeds or (0,))
     out = Path(out_dir) if out_dir else run_dir("vl-taxon", prof.name, seeds[0])
     want = set(methods) | {_START[m] for m in methods if m in _START}
-    runs, models = [], {}
-    for m in [m for m in METHODS if m in want]:
-        if m in _START:
-            for s in seeds:
-                runs.append(run_method(m, imgs, Q, prof, models[_START[m]], s, n_eval, sampled, out/f"{m}-s{s}"))
-        else:
-            r = (_sft_start(m, imgs, Q, prof, base, n_eval, sampled, out/m, cache) if m in _START.values()
-                 else run_method(m, imgs, Q, prof, base, 0, n_eval, sampled, out/m))
-            models[m] = r.model_dir; runs.append(r)
-    return runs
+    first = [m for m in METHODS if m in want and m not in _START]  # zero-shot and the SFT starts, then the RL runs from them
+    runs = map_runs(_first_stage, [((m, imgs, Q, prof, base, n_eval, sampled, out/m, cache), {}) for m in first], desc="starts")
+    models = {r.method: r.model_dir for r in runs}
+    grid = [(m, s) for m in METHODS if m in want and m in _START for s in seeds]
+    runs += map_runs(run_method, [((m, imgs, Q, prof, models[_START[m]], s, n_eval, sampled, out/f"{m}-s{s}"), {}) for m, s in grid],
+                     desc="VL-Taxon RL runs")  # independent runs, spread over the CPU cores
+    return sorted(runs, key=lambda r: METHODS.index(r.method))  # METHODS order, seeds in turn
 
 # %% ../nbs/13_vl_taxon.ipynb #2539d5f8
 def _metrics_frame(runs):
