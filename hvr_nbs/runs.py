@@ -221,7 +221,7 @@ def train_and_evaluate(method: str,  # the method's name (run folder, 'method' c
                    grpo={k: v for k, v in (grpo or {}).items() if k != "dataset"} or None, resumed_from=resumed or None, **manifest)
     return RunResult(method, seed, df, dict(metrics), log, out, secs, model_dir)
 
-# %% ../nbs/08a_runs.ipynb #ed38b221
+# %% ../nbs/08a_runs.ipynb #748d5ad8
 def run_workers(n_runs: int,  # independent runs waiting
                 workers: int | None = None):  # asked for; default env `HVR_WORKERS`, else automatic
     "Worker processes for `n_runs` independent runs: `workers`, else env `HVR_WORKERS`, else 1 under nbdev_test or on a GPU, else one per CPU core."
@@ -233,7 +233,7 @@ def run_workers(n_runs: int,  # independent runs waiting
         workers = 1 if in_test() or torch.cuda.is_available() else (os.cpu_count() or 1)
     return max(1, min(int(workers), int(n_runs)))
 
-# %% ../nbs/08a_runs.ipynb #9b19fce9
+# %% ../nbs/08a_runs.ipynb #39daa42f
 def _call_in_worker(fn, args, kw, env):
     "Run `fn(*args, **kw)` in a worker: the parent's HVR_ settings, one torch thread, the notebooks' quiet libraries."
     import warnings, torch, datasets, transformers
