@@ -13,8 +13,9 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['PROFILES', 'TEST_OVERRIDES', 'TRACKED_PACKAGES', 'WorldConfig', 'ModelConfig', 'TrainConfig', 'EvalConfig', 'Profile',
-           'get_profile', 'in_test', 'set_seed', 'get_device', 'get_dtype', 'notebook_setup', 'cache_dir', 'run_dir',
-           'package_versions', 'git_info', 'device_info', 'write_manifest', 'results_dir', 'log_result']
+           'get_profile', 'in_test', 'set_seed', 'get_device', 'get_dtype', 'quiet_libraries', 'notebook_setup',
+           'cache_dir', 'run_dir', 'package_versions', 'git_info', 'device_info', 'write_manifest', 'results_dir',
+           'log_result']
 
 # %% ../nbs/00_core.ipynb #55bd9e94
 @dataclass
@@ -204,15 +205,21 @@ TEST_OVERRIDES = dict(train__seeds=(0,), train__grpo_steps=1, train__sft_steps=2
                       train__per_device_batch=4, train__max_completion_length=32,
                       eval__n_eval=8, eval__max_new_tokens=32, eval__n_samples=2)  # the nbdev_test budget
 
+# %% ../nbs/00_core.ipynb #7789ab5b
+def quiet_libraries():
+    "Silence what clutters a notebook: transformers' renaming notices, datasets' and transformers' progress bars, info logs."
+    import warnings, datasets, transformers
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' renaming notices, once per trainer
+    datasets.disable_progress_bars(); transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
 # %% ../nbs/00_core.ipynb #c3fb2e58
 def notebook_setup(profile="smoke",  # a profile name or `Profile`
                    seed: int = 0,  # seeds random, numpy and torch
                    **overrides):  # profile overrides (`section__field=value`), e.g. from papermill parameters
     "The profile a notebook runs with (test budget applied under nbdev_test), seeded, with quiet libraries."
-    import warnings, torch, datasets, transformers
-    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' renaming notices, once per trainer
-    datasets.disable_progress_bars(); transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
+    import torch
+    quiet_libraries()
     prof = get_profile(profile, **{k: v for k, v in overrides.items() if v is not None})
     if in_test(): prof = get_profile(prof, **TEST_OVERRIDES)
     if get_device(prof.device).type == "cpu" and str(prof.model.vlm).startswith("tiny"): torch.set_num_threads(1)

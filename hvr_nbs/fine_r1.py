@@ -500,7 +500,6 @@ def run_experiment(methods,  # method names (`METHODS`, `ABLATIONS`)
                    seeds,  # RL seeds (zero-shot and CoT-SFT are evaluated once, at the first seed)
                    data: dict, taxonomy, prof, base, start,  # as for `run_method`
                    out_dir=None,  # parent folder of the runs; default a fresh run folder
-                   progress: bool = True,  # a tqdm bar over the runs
                    **kw):  # passed to `run_method` (encoder, domain, settings, grpo overrides)
     "Every method x seed: (list of `RunResult`s, tidy per-item results, tidy training logs)."
     out = Path(out_dir) if out_dir else run_dir("fine-r1", prof.name, seeds[0])
@@ -508,7 +507,7 @@ def run_experiment(methods,  # method names (`METHODS`, `ABLATIONS`)
     slug = lambda m: re.sub(r'[^A-Za-z0-9_.+=%-]+', '_', m).strip('_')
     runs = map_runs(run_method, [((m, data, taxonomy, prof, base, start, s),  # keep: the analysis reads sft+tapo's first-seed checkpoint
                                   dict(out_dir=out/f"{slug(m)}-s{s}", keep_model=m == "sft+tapo" and s == seeds[0], **kw)) for m, s in grid],
-                    desc="Fine-R1 runs" if progress else "runs")  # independent runs, spread over the CPU cores
+                    desc="Fine-R1 runs")  # independent runs, spread over the CPU cores
     results = pd.concat([r.results for r in runs], ignore_index=True)
     logs = [r.log.assign(method=r.method, seed=r.seed) for r in runs if len(r.log)]
     return runs, results, (pd.concat(logs, ignore_index=True) if logs else pd.DataFrame())
@@ -604,7 +603,7 @@ def main(argv=None):  # command-line arguments (None: sys.argv)
     start, _ = cot_sft_model(prof, data, tax, base, domain, traits=traits, settings=s)
     enc = load_encoder(prof.model.similarity, prof)
     runs, results, logs = run_experiment(methods, seeds, data, tax, prof, base, start, out_dir=args.out, encoder=enc.encode_texts,
-                                         domain=domain, settings=s, progress=False)
+                                         domain=domain, settings=s)
     table = results_table(runs)
     print(table.to_string())
     st = [r for r in runs if r.method == "cot-sft"]; rl = [r for r in runs if r.method not in ("zero-shot", "cot-sft")]

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 import pandas as pd
 from transformers import TrainerCallback
-from .core import get_profile, set_seed, run_dir, write_manifest, in_test, notebook_setup
+from .core import get_profile, set_seed, run_dir, write_manifest, in_test, notebook_setup, quiet_libraries
 
 # %% auto #0
 __all__ = ['PaperSetting', 'paper_profile', 'trainer_settings', 'settings_table', 'check_settings', 'RunResult',
@@ -236,12 +236,10 @@ def run_workers(n_runs: int,  # independent runs waiting
 # %% ../nbs/08a_runs.ipynb #39daa42f
 def _call_in_worker(fn, args, kw, env):
     "Run `fn(*args, **kw)` in a worker: the parent's HVR_ settings, one torch thread, the notebooks' quiet libraries."
-    import warnings, torch, datasets, transformers
+    import torch
     os.environ.update(env)
     torch.set_num_threads(1)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    datasets.disable_progress_bars(); transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
+    quiet_libraries()
     return fn(*args, **kw)
 
 def map_runs(fn: Callable,  # one run, e.g. a paper's `run_method`
