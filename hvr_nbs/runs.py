@@ -223,14 +223,15 @@ def train_and_evaluate(method: str,  # the method's name (run folder, 'method' c
 
 # %% ../nbs/08a_runs.ipynb #748d5ad8
 def run_workers(n_runs: int,  # independent runs waiting
-                workers: int | None = None):  # asked for; default env `HVR_WORKERS`, else automatic
-    "Worker processes for `n_runs` independent runs: `workers`, else env `HVR_WORKERS`, else 1 under nbdev_test or on a GPU, else one per CPU core."
+                workers: int | None = None,  # asked for; default env `HVR_WORKERS`, else automatic
+                at_least: int = 1):  # automatic count on a CPU raised to this: equal long runs that should share the cores, not queue
+    "Worker processes for `n_runs` independent runs: `workers`, else env `HVR_WORKERS`, else 1 under nbdev_test or on a GPU, else one per CPU core (at least `at_least`)."
     if workers is None and os.environ.get("HVR_WORKERS", "").strip():
         try: workers = int(os.environ["HVR_WORKERS"])
         except ValueError: raise ValueError(f"HVR_WORKERS must be a whole number, got {os.environ['HVR_WORKERS']!r}") from None
     if workers is None:
         import torch
-        workers = 1 if in_test() or torch.cuda.is_available() else (os.cpu_count() or 1)
+        workers = 1 if in_test() or torch.cuda.is_available() else max(os.cpu_count() or 1, int(at_least))
     return max(1, min(int(workers), int(n_runs)))
 
 # %% ../nbs/08a_runs.ipynb #39daa42f
@@ -245,11 +246,12 @@ def _call_in_worker(fn, args, kw, env):
 def map_runs(fn: Callable,  # one run, e.g. a paper's `run_method`
              calls,  # (args, kwargs) per run
              workers: int | None = None,  # worker processes (`run_workers`)
-             desc: str = "runs"):  # progress-bar label
+             desc: str = "runs",  # progress-bar label
+             at_least: int = 1):  # automatic worker count raised to this (`run_workers`): e.g. one per seed of equal long runs
     "`[fn(*args, **kw) for args, kw in calls]`, spread over worker processes when there are several (joblib, loky); results in order."
     from tqdm.auto import tqdm
     calls = [(tuple(a), dict(k)) for a, k in calls]
-    n = run_workers(len(calls), workers)
+    n = run_workers(len(calls), workers, at_least)
     if n == 1: return [fn(*a, **k) for a, k in tqdm(calls, desc=desc, disable=len(calls) < 2)]
     import joblib
     env = {k: v for k, v in os.environ.items() if k.startswith("HVR_")}

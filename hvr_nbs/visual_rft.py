@@ -357,7 +357,8 @@ def run_fewshot(task: str,  # 'classification' or 'detection'
     runs = {("base", 0, seeds[0]): run_method("base", task, prof, start, None, test, seeds[0], out_dir/f"{dataset_name}-{task}-base", **kw)}
     grid = [(m, k, s) for k in shots for s in seeds for m in methods]
     done = map_runs(run_method, [((m, task, prof, start, kshot(pool, k, by, s), test, s, out_dir/f"{dataset_name}-{task}-{m}-k{k}-s{s}"), kw)
-                                 for m, k, s in grid], desc=f"{dataset_name} {task}")  # independent runs, spread over the CPU cores
+                                 for m, k, s in grid], desc=f"{dataset_name} {task}",
+                    at_least=len(seeds))  # independent runs over the CPU cores; the RL seeds side by side, not queued
     runs.update(zip(grid, done))
     tag = lambda m, k, s: dict(data=dataset_name, task=task, method=m, shots=k, seed=s)
     results = pd.DataFrame([dict(tag(*key), **r.metrics, train_seconds=r.seconds.get("train", 0.0)) for key, r in runs.items()])
