@@ -500,14 +500,15 @@ def run_experiment(methods,  # method names (`METHODS`, `ABLATIONS`)
                    seeds,  # RL seeds (zero-shot and CoT-SFT are evaluated once, at the first seed)
                    data: dict, taxonomy, prof, base, start,  # as for `run_method`
                    out_dir=None,  # parent folder of the runs; default a fresh run folder
+                   single=(),  # methods run with the first seed only (ablations); zero-shot and CoT-SFT always are
                    **kw):  # passed to `run_method` (encoder, domain, settings, grpo overrides)
     "Every method x seed: (list of `RunResult`s, tidy per-item results, tidy training logs)."
     out = Path(out_dir) if out_dir else run_dir("fine-r1", prof.name, seeds[0])
-    grid = [(m, s) for m in methods for s in (seeds[:1] if m in ("zero-shot", "cot-sft") else seeds)]
+    grid = [(m, s) for m in methods for s in (seeds[:1] if m in ("zero-shot", "cot-sft", *single) else seeds)]
     slug = lambda m: re.sub(r'[^A-Za-z0-9_.+=%-]+', '_', m).strip('_')
     runs = map_runs(run_method, [((m, data, taxonomy, prof, base, start, s),  # keep: the analysis reads sft+tapo's first-seed checkpoint
                                   dict(out_dir=out/f"{slug(m)}-s{s}", keep_model=m == "sft+tapo" and s == seeds[0], **kw)) for m, s in grid],
-                    desc="Fine-R1 runs")  # independent runs, spread over the CPU cores
+                    desc="Fine-R1 runs")  # independent runs, spread over the CPU cores (ablations in the same pool)
     results = pd.concat([r.results for r in runs], ignore_index=True)
     logs = [r.log.assign(method=r.method, seed=r.seed) for r in runs if len(r.log)]
     return runs, results, (pd.concat(logs, ignore_index=True) if logs else pd.DataFrame())
