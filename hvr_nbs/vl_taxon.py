@@ -15,11 +15,12 @@ from .evaluation import learning_check
 from .runs import PaperSetting, paper_profile, trainer_settings, train_and_evaluate, learning_records, map_runs, paper_cli, cli_profile
 
 # %% auto #0
-__all__ = ['SMOKE_RECIPE', 'PAPER_SETTINGS', 'TEST_SETS', 'RANKS', 'METHODS', 'vl_taxon_profile', 'paper_train_selection',
-           'vl_taxon_test_sets', 'vl_taxon_images', 'vl_taxon_questions', 'vl_taxon_all_questions', 'stage1_prompt',
-           'stage1_target', 'stage2_prompt', 'stage2_target', 'stage1_rows', 'stage2_rows', 'vl_taxon_accuracy_reward',
-           'two_stage_predict', 'direct_predict', 'hierarchy_scores', 'run_method', 'run_experiment',
-           'vl_taxon_learning_check', 'paper_table', 'results_table', 'tables_per_test_set', 'main']
+__all__ = ['SMOKE_RECIPE', 'SMOKE_TRAIN_PER_SPECIES', 'PAPER_SETTINGS', 'TEST_SETS', 'RANKS', 'METHODS', 'vl_taxon_profile',
+           'answers_by_name', 'paper_train_selection', 'vl_taxon_test_sets', 'vl_taxon_images', 'vl_taxon_questions',
+           'vl_taxon_all_questions', 'stage1_prompt', 'stage1_target', 'stage2_prompt', 'stage2_target', 'stage1_rows',
+           'stage2_rows', 'vl_taxon_accuracy_reward', 'two_stage_predict', 'direct_predict', 'hierarchy_scores',
+           'run_method', 'run_experiment', 'vl_taxon_learning_check', 'paper_table', 'results_table',
+           'tables_per_test_set', 'main']
 
 # %% ../nbs/13_vl_taxon.ipynb #3b12fb43
 SMOKE_RECIPE = dict(train__sft_steps=400, train__sft_lr=1e-3,  # the warm start's lr: at 5e-4 x 200 steps the tags were not learned
@@ -27,6 +28,9 @@ SMOKE_RECIPE = dict(train__sft_steps=400, train__sft_lr=1e-3,  # the warm start'
                     train__num_generations=8, train__per_device_batch=128,  # 16 prompts x 8 rollouts per step (GRPO)
                     train__temperature=1.0, train__max_completion_length=32, train__beta=0.0,
                     train__seeds=(0, 1, 2), eval__n_samples=8, eval__max_new_tokens=32)  # `smoke`'s VL-Taxon recipe (see the learning check)
+
+# %% ../nbs/13_vl_taxon.ipynb #235bb33b
+SMOKE_TRAIN_PER_SPECIES = 48  # smoke's training images per species: 24 for SFT, 24 for GRPO (100 GRPO steps of 16 prompts: about 1.4 epochs)
 
 # %% ../nbs/13_vl_taxon.ipynb #2353e655
 PAPER_SETTINGS = [
@@ -75,6 +79,11 @@ def vl_taxon_profile(profile="smoke",  # 'smoke', 'gpu-small', 'paper' or a `Pro
     if profile == "paper": return paper_profile(PAPER_SETTINGS, **over)
     if profile == "smoke": return get_profile("smoke", **{**SMOKE_RECIPE, **over})
     return get_profile(profile, **over)
+
+# %% ../nbs/13_vl_taxon.ipynb #92fe88fe
+def answers_by_name(prof):  # a `Profile`
+    "True when the questions are answered with the option's name, not its letter: the tiny models (they do not learn the letter mapping)."
+    return str(prof.model.vlm).startswith("tiny")
 
 # %% ../nbs/13_vl_taxon.ipynb #b1e2d432
 def _similarity_for(prof,  # a `Profile`: its `model.similarity` names the encoder ('tiny', 'siglip', a folder, ...)
@@ -187,31 +196,34 @@ def vl_taxon_questions(images,  # labelled images (a `vl_taxon_images` split)
                        seed: int = 0,  # distractor and option-order seed
                        domain: str = "organism",  # what the images show
                        n_options: int = 4,  # options per question (fewer where a rank has fewer names)
-                       ranks=None):  # the ranks asked, root first; default all of the taxonomy's
-    "The benchmark's multiple-choice question per image and rank (similar distractors), ranks root first."
-    from hvr_nbs.data import rank_questions
+                       ranks=None,  # the ranks asked, root first; default all of the taxonomy's
+                       by_name: bool = False):  # answered with the option's name instead of its letter (`answers_by_name`)
+    "The benchmark's multiple-choice question per image and rank (similar distractors), ranks root first; `reply` is the expected answer."
+    from hvr_nbs.data import rank_questions, TEMPLATES
     import datasets as hfds
+    template = TEMPLATES["mcq"].replace("option's letter", "option's name") if by_name else TEMPLATES["mcq"]
     parts = []
     for r in (ranks or taxonomy.ranks):
         k = min(n_options, len(taxonomy.nodes_at(r)))
         if k < 2: continue
         parts.append(rank_questions(images, taxonomy, ranks=[r], similarity_fn=similarity_fn, n_options=k, seed=seed,
-                                    domain=domain))
+                                    domain=domain, template=template))
     if not parts: raise ValueError("vl_taxon_questions: no rank has two or more names")
-    return hfds.concatenate_datasets(parts)
+    q = hfds.concatenate_datasets(parts)
+    return q.add_column("reply", list(q["answer_text"] if by_name else q["answer"]))
 
 # %% ../nbs/13_vl_taxon.ipynb #0dfa9342
 def vl_taxon_all_questions(imgs,  # `vl_taxon_images` output
                            prof,  # a `Profile` (its similarity encoder mines the distractors)
                            seed: int = 0):  # distractor and option-order seed
-    "Questions of 'sft', 'grpo' and the primary 'test' over the training taxonomy, and of each other test set ('extra') over its own."
+    "Questions of 'sft', 'grpo' and the primary 'test' over the training taxonomy, and of each other test set ('extra') over its own; answered as `answers_by_name(prof)` says."
     from hvr_nbs.models import load_encoder
     enc = load_encoder(prof.model.similarity, profile=prof)  # once, for every test set
-    sim = _similarity_for(prof, imgs["taxonomy"], enc)
-    Q = {k: vl_taxon_questions(imgs[k], imgs["taxonomy"], sim, seed=seed, domain=imgs["domain"], ranks=imgs["ranks"])
+    sim, by_name = _similarity_for(prof, imgs["taxonomy"], enc), answers_by_name(prof)
+    Q = {k: vl_taxon_questions(imgs[k], imgs["taxonomy"], sim, seed=seed, domain=imgs["domain"], ranks=imgs["ranks"], by_name=by_name)
          for k in ("sft", "grpo", "test")}
     Q["extra"] = {n: vl_taxon_questions(t["images"], t["taxonomy"], _similarity_for(prof, t["taxonomy"], enc), seed=seed,
-                                        domain=t["domain"], ranks=t["ranks"])
+                                        domain=t["domain"], ranks=t["ranks"], by_name=by_name)
                   for n, t in imgs.get("tests", {}).items() if n != imgs.get("test_name")}
     return Q
 
@@ -254,25 +266,26 @@ def stage2_prompt(leaf: str | None,  # the stage-1 leaf prediction (the truth wh
                   rank: str,  # the asked rank
                   options,  # the option names, in letter order
                   ranks=RANKS,  # rank names, root first
-                  domain: str = "organism"):  # what the image shows
-    "VL-Taxon's stage-2 instruction: the benchmark's question at `rank`, conditioned on the stage-1 leaf, answered with a letter."
+                  domain: str = "organism",  # what the image shows
+                  by_name: bool = False):  # ask for the option's name instead of its letter
+    "VL-Taxon's stage-2 instruction: the benchmark's question at `rank`, conditioned on the stage-1 leaf, answered with a letter (or the name)."
     ranks, options = list(ranks), list(options)
     if not 2 <= len(options) <= 4: raise ValueError(f"stage-2 questions have 2-4 options (letters A-D), got {len(options)}")
     letters = "\n".join(f"{l}. {o}" for l, o in zip("ABCD", options))
     said = f"was identified as {leaf} (its {ranks[-1]})" if leaf else f"could not be identified at the {ranks[-1]} level"
     return (f"The {domain} in the image {said}. Based on this, given the {domain} in the image, what is its taxonomic "
             f"classification at the {rank} level?\n{letters}\nThink top-down from its {ranks[0]} to its {ranks[-1]} inside "
-            "<think></think>, then give the option's letter inside <answer></answer>.")
+            f"<think></think>, then give the option's {'name' if by_name else 'letter'} inside <answer></answer>.")
 
 # %% ../nbs/13_vl_taxon.ipynb #f70ad3d3
 def stage2_target(path,  # the true names, root first
-                  letter: str,  # the correct option's letter
+                  reply: str,  # the right answer: the option's letter, or (answered by name) the asked rank's name
                   ranks=RANKS):  # rank names, root first
-    "The ideal stage-2 output: the whole path top-down in <think> (the second pass), the option letter in <answer>."
+    "The ideal stage-2 output: the whole path top-down in <think> (the second pass), the option letter (or name) in <answer>."
     path, ranks = list(path), list(ranks)
     if len(path) != len(ranks): raise ValueError(f"{len(path)} names for {len(ranks)} ranks")
-    if letter not in tuple("ABCD"): raise ValueError(f"letter must be one of A-D, got {letter!r}")
-    return "<think>" + ", ".join(f"{r} {n}" for r, n in zip(ranks, path)) + f"</think><answer>{letter}</answer>"
+    if reply not in tuple("ABCD") and reply not in path: raise ValueError(f"reply must be a letter A-D or a name on the path, got {reply!r}")
+    return "<think>" + ", ".join(f"{r} {n}" for r, n in zip(ranks, path)) + f"</think><answer>{reply}</answer>"
 
 # %% ../nbs/13_vl_taxon.ipynb #9ce4e630
 def _user(text):  # the user turn; the image item carries "text": None so every content item has the same keys (one Arrow type when stage-1 and stage-2 rows are concatenated)
@@ -293,34 +306,36 @@ def stage2_rows(questions,  # `vl_taxon_questions` output
                 ranks=RANKS,  # rank columns, root first
                 domain: str = "organism",  # what the images show
                 leaves: dict | None = None):  # image_id -> stage-1 leaf prediction; None: the true leaf (training)
-    "Stage-2 rows: the question conditioned on a leaf, ideal completion, `answer` (the letter), `stage` = 2."
+    "Stage-2 rows: the question conditioned on a leaf, ideal completion, `answer` (the question's `reply`: letter or name), `stage` = 2."
     ranks = list(ranks)
-    def f(image_id, rank, options, answer, *names):
+    if "reply" not in questions.column_names: questions = questions.add_column("reply", list(questions["answer"]))
+    def f(image_id, rank, options, answer, reply, *names):
         leaf = names[-1] if leaves is None else leaves.get(image_id)
-        return dict(prompt=_user(stage2_prompt(leaf, rank, options, ranks, domain)),
-                    completion=assistant_turn(stage2_target(names, answer, ranks)), stage=2, stage1_leaf=leaf or "")
+        return dict(prompt=_user(stage2_prompt(leaf, rank, options, ranks, domain, by_name=reply != answer)),
+                    completion=assistant_turn(stage2_target(names, reply, ranks)), stage=2, stage1_leaf=leaf or "", answer=reply)
     drop = [c for c in ("prompt", "completion") if c in questions.column_names]  # re-inferred, as in `stage1_rows`
-    return questions.map(f, input_columns=["image_id", "rank", "options", "answer", *ranks], remove_columns=drop)
+    return questions.map(f, input_columns=["image_id", "rank", "options", "answer", "reply", *ranks], remove_columns=drop)
 
 # %% ../nbs/13_vl_taxon.ipynb #dbf519eb
 def vl_taxon_accuracy_reward(completions, answer, stage, **kwargs):
-    "VL-Taxon's accuracy reward per row: stage 1 exact leaf name, stage 2 strict option letter (by the `stage` column)."
+    "VL-Taxon's accuracy reward per row (by the `stage` column): stage 1 exact leaf name; stage 2 strict option letter, or the exact option name when the row's answer is a name."
     from hvr_nbs.rewards import vl_taxon_stage1_reward, vl_taxon_stage2_reward
     out = []
     for c, a, s in zip(completions, answer, stage):
         if int(s) not in (1, 2): raise ValueError(f"VL-Taxon stage must be 1 or 2, got {s!r}")
-        out.append((vl_taxon_stage1_reward if int(s) == 1 else vl_taxon_stage2_reward)([c], answer=[a])[0])
+        exact = int(s) == 1 or str(a) not in tuple("ABCD")  # a name (stage 1, or stage 2 answered by name) is compared exactly
+        out.append((vl_taxon_stage1_reward if exact else vl_taxon_stage2_reward)([c], answer=[a])[0])
     return out
 
 # %% ../nbs/13_vl_taxon.ipynb #78925605
 def _sft_rows(imgs, Q, half, direct=False):
-    "SFT rows (image, prompt, completion) for one half ('sft', 'grpo') or both (None); two-stage targets, or the letter (direct)."
+    "SFT rows (image, prompt, completion) for one half ('sft', 'grpo') or both (None); two-stage targets, or the reply (direct)."
     import datasets as hfds
     halves = ["sft", "grpo"] if half is None else [half]
     parts = []
     for h in halves:
-        if direct:  # the benchmark's question, target = the letter
-            parts.append(Q[h].map(lambda a: dict(completion=assistant_turn(a)), input_columns=["answer"]))
+        if direct:  # the benchmark's question, target = its reply (the letter, or the name)
+            parts.append(Q[h].map(lambda a: dict(completion=assistant_turn(a)), input_columns=["reply"]))
         else:
             parts += [stage1_rows(imgs[h], imgs["ranks"], imgs["domain"]), stage2_rows(Q[h], imgs["ranks"], imgs["domain"])]
     return hfds.concatenate_datasets([p.select_columns(["image", "prompt", "completion"]) for p in parts]).shuffle(seed=0)
@@ -336,28 +351,39 @@ def _one_rank_per_image(q, seed: int | None = 0):
 def _grpo_rows(imgs, Q, half="grpo", direct=False, one_rank=True):
     "GRPO rows (image, prompt, answer, stage): per image its stage-1 prompt and one stage-2 question (`one_rank`), shuffled; or the benchmark's questions (direct)."
     import datasets as hfds
-    if direct: parts = [Q[half].map(lambda _: dict(stage=2), input_columns=["answer"])]
+    if direct: parts = [Q[half].map(lambda r: dict(stage=2, answer=r), input_columns=["reply"])]
     else:
         q2 = _one_rank_per_image(Q[half]) if one_rank else Q[half]  # stages 1 and 2 equally often (all ranks: stage 2 is 4 in 5)
         parts = [stage1_rows(imgs[half], imgs["ranks"], imgs["domain"]), stage2_rows(q2, imgs["ranks"], imgs["domain"])]
     parts = [p.select_columns(["image", "prompt", "answer", "stage"]).cast_column("answer", hfds.Value("string")) for p in parts]
     return hfds.concatenate_datasets(parts).shuffle(seed=0)
 
-def _letter_reward(completions, answer, **kwargs):
-    "The direct control's reward: 1 when the whole output is read strictly as the right option letter (the benchmark's protocol)."
+def _direct_reward(completions, answer, **kwargs):
+    "The direct control's reward: 1 when the whole output reads strictly as the right option letter (the benchmark's protocol), or is exactly the right name (answered by name)."
     from hvr_nbs.rewards import parse_option_letter, completion_text
-    return [float(parse_option_letter(completion_text(c)) == a) for c, a in zip(completions, answer)]
+    return [float(parse_option_letter(completion_text(c)) == a if str(a) in tuple("ABCD") else _exact_name(completion_text(c)) == _exact_name(a))
+            for c, a in zip(completions, answer)]
+
+def _exact_name(text):  # a name compared up to case and spacing, as the stage-1 reward does
+    return " ".join(str(text or "").split()).casefold()
 
 # %% ../nbs/13_vl_taxon.ipynb #27d4f9b8
 def _letter_name(letter, options):
     i = "ABCD".find(letter) if isinstance(letter, str) and letter else -1  # None / NaN: no letter
     return options[i] if 0 <= i < len(options) else None
 
+def _stated_letter(text, options, by_name):
+    "The option letter an answer states: strictly parsed (the benchmark), or (answered by name) the letter of the option it names exactly."
+    from hvr_nbs.rewards import parse_option_letter
+    if not by_name: return parse_option_letter(text or "")
+    hit = [l for l, o in zip("ABCD", options) if _exact_name(o) == _exact_name(text)]
+    return hit[0] if text and hit else None
+
 def _ntok(processor, texts):
     tok = getattr(processor, "tokenizer", processor)
     return [len(tok.encode(t, add_special_tokens=False)) for t in texts]
 
-_KEEP = ["image_id", "rank", "options", "answer", "answer_text"]
+_KEEP = ["image_id", "rank", "options", "answer", "answer_text", "reply"]
 
 def two_stage_predict(model, processor,
                       questions,  # test questions (`vl_taxon_questions`), every rank of each image
@@ -365,9 +391,9 @@ def two_stage_predict(model, processor,
                       domain: str = "organism",  # what the images show
                       batch_size: int = 16, max_new_tokens: int = 64,
                       progress: bool = False):  # tqdm bars
-    "VL-Taxon inference: stage 1 names the leaf once per image, stage 2 answers each rank's question given it; one row per question."
+    "VL-Taxon inference: stage 1 names the leaf once per image, stage 2 answers each rank's question given it (letter, or name); one row per question."
     from hvr_nbs.evaluation import generate_completions
-    from hvr_nbs.rewards import parse_tag, parse_option_letter
+    from hvr_nbs.rewards import parse_tag
     ranks = list(ranks)
     ids = list(questions["image_id"]); first = sorted({i: k for k, i in reversed(list(enumerate(ids)))}.values())
     s1 = stage1_rows(questions.select(first).select_columns(["image", "image_id", *ranks]), ranks, domain)
@@ -375,11 +401,12 @@ def two_stage_predict(model, processor,
     leaves = {i: parse_tag(c, "answer") for i, c in zip(s1["image_id"], c1)}
     s2 = stage2_rows(questions, ranks, domain, leaves=leaves)
     c2 = generate_completions(model, processor, s2, batch_size=batch_size, max_new_tokens=max_new_tokens, desc="stage 2", progress=progress)
-    df = questions.select_columns(_KEEP).to_pandas()
+    df = questions.select_columns([k for k in _KEEP if k in questions.column_names]).to_pandas()
+    by_name = df["reply"] != df["answer"] if "reply" in df else pd.Series(False, index=df.index)
     df["stage1_completion"] = df["image_id"].map(dict(zip(s1["image_id"], c1)))
     df["stage1_leaf"] = df["image_id"].map(leaves)
     df["completion"] = c2
-    df["letter"] = [parse_option_letter(parse_tag(c, "answer") or "") for c in c2]
+    df["letter"] = [_stated_letter(parse_tag(c, "answer"), o, b) for c, o, b in zip(c2, df["options"], by_name)]
     df["pred"] = [_letter_name(l, o) for l, o in zip(df["letter"], df["options"])]
     n1 = dict(zip(s1["image_id"], _ntok(processor, c1)))
     df["n_tokens"] = [n1[i] + n for i, n in zip(df["image_id"], _ntok(processor, c2))]  # both stages' generated tokens
@@ -391,13 +418,13 @@ def direct_predict(model, processor,
                    questions,  # test questions (`vl_taxon_questions`), in the benchmark's prompt
                    batch_size: int = 16, max_new_tokens: int = 8,
                    progress: bool = False):  # tqdm bar
-    "The benchmark's direct protocol: ask each question as is, parse the whole output strictly as a letter; one row per question."
+    "The benchmark's direct protocol: ask each question as is, read the whole output strictly as a letter (or as an option's name); one row per question."
     from hvr_nbs.evaluation import generate_completions
-    from hvr_nbs.rewards import parse_option_letter
     c = generate_completions(model, processor, questions, batch_size=batch_size, max_new_tokens=max_new_tokens, desc="direct", progress=progress)
-    df = questions.select_columns(_KEEP).to_pandas()
+    df = questions.select_columns([k for k in _KEEP if k in questions.column_names]).to_pandas()
+    by_name = df["reply"] != df["answer"] if "reply" in df else pd.Series(False, index=df.index)
     df["stage1_completion"], df["stage1_leaf"], df["completion"] = None, None, c
-    df["letter"] = [parse_option_letter(x) for x in c]
+    df["letter"] = [_stated_letter(x, o, b) for x, o, b in zip(c, df["options"], by_name)]
     df["pred"] = [_letter_name(l, o) for l, o in zip(df["letter"], df["options"])]
     df["n_tokens"] = _ntok(processor, c)
     df["format"] = [float(l is not None) for l in df["letter"]]
@@ -481,12 +508,12 @@ def _evaluator(method, imgs, Q, prof, n_eval=None, sampled=True):
             m.update({f"{name}/{k}": float(v) for k, v in hierarchy_scores(parts[-1], t["ranks"]).items() if v is not None and k != "n"})
         if sampled:
             rows = _heldout_rows(imgs, test, two)
-            acc, summ = _sampled(model, processor, rows, prof, vl_taxon_accuracy_reward if two else _letter_reward)
+            acc, summ = _sampled(model, processor, rows, prof, vl_taxon_accuracy_reward if two else _direct_reward)
             m["sampled accuracy"] = float(acc.mean())
             m.update({f"sampled {k}": float(v) for k, v in summ.iloc[0].items() if k.startswith("pass@")})
             if two:
                 st = np.asarray(rows["stage"])
-                m["sampled stage-1 leaf accuracy"], m["sampled stage-2 letter accuracy"] = float(acc[st == 1].mean()), float(acc[st == 2].mean())
+                m["sampled stage-1 leaf accuracy"], m["sampled stage-2 accuracy"] = float(acc[st == 1].mean()), float(acc[st == 2].mean())
         return pd.concat(parts, ignore_index=True), m
     return evaluate
 
@@ -495,7 +522,7 @@ def _probe(method, imgs, Q, prof, n_images=24, n=4):
     two = method.startswith("vl-taxon")
     rows = _heldout_rows(imgs, _eval_questions(Q["test"], n_images), two)
     def probe(model, processor):
-        acc, _ = _sampled(model, processor, rows, prof, vl_taxon_accuracy_reward if two else _letter_reward, n=n)
+        acc, _ = _sampled(model, processor, rows, prof, vl_taxon_accuracy_reward if two else _direct_reward, n=n)
         return {"sampled accuracy": float(acc.mean())}
     return probe
 
@@ -518,7 +545,7 @@ def run_method(method: str,  # one of METHODS
         kw["sft"] = dict(dataset=_sft_rows(imgs, Q, "sft", direct=method == "sft-direct"), **_trainer_kw(prof, "sft"))
     if method in ("grpo-direct", "vl-taxon"):
         two = method == "vl-taxon"
-        funcs = [vl_taxon_format_reward, vl_taxon_accuracy_reward] if two else [_letter_reward]
+        funcs = [vl_taxon_format_reward, vl_taxon_accuracy_reward] if two else [_direct_reward]
         kw["grpo"] = dict(dataset=_grpo_rows(imgs, Q, "grpo", direct=not two), reward_funcs=funcs, **_trainer_kw(prof, "grpo"))
     every = max(1, prof.train.grpo_steps // 4) if sampled and prof.train.grpo_steps > 0 and kw["grpo"] else 0  # paper: epochs, no probe
     load_kw = dict(lora=dict(r=prof.model.lora_r, alpha=prof.model.lora_alpha)) if prof.model.lora else None  # 64 / 64 in `paper`
@@ -535,7 +562,7 @@ def _sft_start(method, imgs, Q, prof, base, n_eval, sampled, out, cache=True):
     cfg = dict(method=method, base=str(base), world=prof.to_dict()["world"], model=prof.to_dict()["model"], sft=_trainer_kw(prof, "sft"),
                steps=prof.train.sft_steps, lr=prof.train.sft_lr, batch=prof.train.per_device_batch,
                rows=len(imgs["sft"]), leaves=sorted(set(imgs["sft"][imgs["ranks"][-1]])),
-               images=sorted(imgs["sft"]["image_id"]), v=2)  # the images themselves: another render is another start
+               images=sorted(imgs["sft"]["image_id"]), by_name=answers_by_name(prof), v=3)  # the images themselves: another render is another start
     built = {}
     def build(folder):
         r = run_method(method, imgs, Q, prof, base, 0, n_eval, sampled, out, keep_model=True)
@@ -576,7 +603,7 @@ def run_experiment(prof,  # a `Profile`
     models = {r.method: r.model_dir for r in runs}
     grid = [(m, s) for m in METHODS if m in want and m in _START for s in seeds]
     runs += map_runs(run_method, [((m, imgs, Q, prof, models[_START[m]], s, n_eval, sampled, out/f"{m}-s{s}"), {}) for m, s in grid],
-                     desc="VL-Taxon RL runs")  # independent runs, spread over the CPU cores
+                     desc="VL-Taxon RL runs", at_least=len(seeds))  # independent runs over the CPU cores, one worker per seed at least
     return sorted(runs, key=lambda r: METHODS.index(r.method))  # METHODS order, seeds in turn
 
 # %% ../nbs/13_vl_taxon.ipynb #2539d5f8
@@ -689,8 +716,10 @@ def _letter_table(preds: pd.DataFrame):  # per-question predictions (`run_experi
 
 # %% ../nbs/13_vl_taxon.ipynb #4e2d8608
 def _data_and_base(prof, seed=0, dataset="inat21"):
-    "Images, questions (similar distractors) and the base checkpoint for a profile."
-    imgs = vl_taxon_images(prof, seed, dataset=dataset)
+    "Images, questions (similar distractors) and the base checkpoint for a profile (in smoke `SMOKE_TRAIN_PER_SPECIES` training images per species)."
+    from hvr_nbs.core import in_test
+    smoke = prof.name == "smoke" and not in_test()  # under nbdev_test: the profile's images per species, as the notebook
+    imgs = vl_taxon_images(prof, seed, dataset=dataset, n_train_per_species=SMOKE_TRAIN_PER_SPECIES if smoke else None)
     Q = vl_taxon_all_questions(imgs, prof, seed)
     if prof.name == "paper" or not str(prof.model.vlm).startswith("tiny"):
         from hvr_nbs.models import resolve_checkpoint

@@ -10,7 +10,7 @@ from hvr_nbs.rewards import parse_tag, vl_taxon_format_reward, vl_taxon_stage1_r
 from hvr_nbs.vl_taxon import (RANKS, METHODS, PAPER_SETTINGS, SMOKE_RECIPE, stage1_prompt, stage1_target, stage2_prompt,
                               stage2_target, paper_table, vl_taxon_accuracy_reward, hierarchy_scores, results_table,
                               vl_taxon_images, vl_taxon_questions, stage1_rows, stage2_rows, vl_taxon_profile,
-                              vl_taxon_learning_check, _sibling_share, _sft_rows, _grpo_rows, _trainer_kw, _letter_reward,
+                              vl_taxon_learning_check, _sibling_share, _sft_rows, _grpo_rows, _trainer_kw, _direct_reward,
                               _START)
 
 name = st.text(alphabet="abcdefghijklmnopqrstuvwxyz", min_size=1, max_size=10)
@@ -138,8 +138,23 @@ def test_paper_settings():
     assert METHODS.index("vl-taxon-sft") < METHODS.index("vl-taxon") and METHODS.index("sft-direct") < METHODS.index("grpo-direct")
     assert set(_START) == {"vl-taxon", "grpo-direct"}
 
-def test_letter_reward_is_strict():
-    assert _letter_reward(["B", "The answer is B", "A or B", "", "b"], ["B"] * 5)[:4] == [1.0, 1.0, 0.0, 0.0]
+def test_direct_reward_is_strict():
+    assert _direct_reward(["B", "The answer is B", "A or B", "", "b"], ["B"] * 5)[:4] == [1.0, 1.0, 0.0, 0.0]
+    assert _direct_reward(["Aus bus", "aus BUS", "B", "Aus bus, Cus", None], ["Aus bus"] * 5) == [1.0, 1.0, 0.0, 0.0, 0.0]  # by name
+
+def test_questions_answered_by_name(small):
+    "Tiny models answer with the option's name: the prompts ask for it, the rows are rewarded on it, the letter stays in `answer`."
+    from hvr_nbs.vl_taxon import answers_by_name
+    imgs, _ = small
+    assert answers_by_name(vl_taxon_profile("smoke")) and not answers_by_name(vl_taxon_profile("paper"))
+    q = vl_taxon_questions(imgs["sft"], imgs["taxonomy"], None, seed=0, domain=imgs["domain"], by_name=True)
+    assert list(q["reply"]) == list(q["answer_text"]) and all(a in "ABCD" for a in q["answer"])
+    assert all("option's name" in p[0]["content"][1]["text"] for p in q["prompt"])
+    s2 = stage2_rows(q, RANKS, "animal")
+    assert list(s2["answer"]) == list(q["answer_text"])
+    assert all("give the option's name" in p[0]["content"][1]["text"] for p in s2["prompt"])
+    assert vl_taxon_accuracy_reward(s2["completion"], s2["answer"], s2["stage"]) == [1.0] * len(s2)  # the ideal targets
+    assert set(_grpo_rows(imgs, {"sft": q}, "sft", direct=True)["answer"]) == set(q["answer_text"])
 
 def test_learning_check_pairs_each_rl_method_with_its_start():
     from pathlib import Path
