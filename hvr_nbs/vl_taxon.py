@@ -360,12 +360,9 @@ def _grpo_rows(imgs, Q, half="grpo", direct=False, one_rank=True):
 
 def _direct_reward(completions, answer, **kwargs):
     "The direct control's reward: 1 when the whole output reads strictly as the right option letter (the benchmark's protocol), or is exactly the right name (answered by name)."
-    from hvr_nbs.rewards import parse_option_letter, completion_text
-    return [float(parse_option_letter(completion_text(c)) == a if str(a) in tuple("ABCD") else _exact_name(completion_text(c)) == _exact_name(a))
+    from hvr_nbs.rewards import parse_option_letter, completion_text, _exact  # _exact: the stage-1 reward's name match (case, spacing)
+    return [float(parse_option_letter(completion_text(c)) == a if str(a) in tuple("ABCD") else _exact(completion_text(c)) == _exact(a))
             for c, a in zip(completions, answer)]
-
-def _exact_name(text):  # a name compared up to case and spacing, as the stage-1 reward does
-    return " ".join(str(text or "").split()).casefold()
 
 # %% ../nbs/13_vl_taxon.ipynb #27d4f9b8
 def _letter_name(letter, options):
@@ -374,10 +371,17 @@ def _letter_name(letter, options):
 
 def _stated_letter(text, options, by_name):
     "The option letter an answer states: strictly parsed (the benchmark), or (answered by name) the letter of the option it names exactly."
-    from hvr_nbs.rewards import parse_option_letter
+    from hvr_nbs.rewards import parse_option_letter, _exact
     if not by_name: return parse_option_letter(text or "")
-    hit = [l for l, o in zip("ABCD", options) if _exact_name(o) == _exact_name(text)]
+    hit = [l for l, o in zip("ABCD", options) if _exact(o) == _exact(text)]
     return hit[0] if text and hit else None
+
+def _predicted(df, texts):
+    "Add each question's stated `letter` and predicted name (`pred`) from its answer texts; answered by name where `reply` is not the letter."
+    by_name = df["reply"] != df["answer"] if "reply" in df else pd.Series(False, index=df.index)
+    df["letter"] = [_stated_letter(t, o, b) for t, o, b in zip(texts, df["options"], by_name)]
+    df["pred"] = [_letter_name(l, o) for l, o in zip(df["letter"], df["options"])]
+    return df
 
 def _ntok(processor, texts):
     tok = getattr(processor, "tokenizer", processor)
@@ -402,12 +406,10 @@ def two_stage_predict(model, processor,
     s2 = stage2_rows(questions, ranks, domain, leaves=leaves)
     c2 = generate_completions(model, processor, s2, batch_size=batch_size, max_new_tokens=max_new_tokens, desc="stage 2", progress=progress)
     df = questions.select_columns([k for k in _KEEP if k in questions.column_names]).to_pandas()
-    by_name = df["reply"] != df["answer"] if "reply" in df else pd.Series(False, index=df.index)
     df["stage1_completion"] = df["image_id"].map(dict(zip(s1["image_id"], c1)))
     df["stage1_leaf"] = df["image_id"].map(leaves)
     df["completion"] = c2
-    df["letter"] = [_stated_letter(parse_tag(c, "answer"), o, b) for c, o, b in zip(c2, df["options"], by_name)]
-    df["pred"] = [_letter_name(l, o) for l, o in zip(df["letter"], df["options"])]
+    _predicted(df, [parse_tag(c, "answer") for c in c2])
     n1 = dict(zip(s1["image_id"], _ntok(processor, c1)))
     df["n_tokens"] = [n1[i] + n for i, n in zip(df["image_id"], _ntok(processor, c2))]  # both stages' generated tokens
     df["format"] = [min(a, b) for a, b in zip(vl_taxon_format_reward(list(df["stage1_completion"])), vl_taxon_format_reward(c2))]
@@ -422,10 +424,8 @@ def direct_predict(model, processor,
     from hvr_nbs.evaluation import generate_completions
     c = generate_completions(model, processor, questions, batch_size=batch_size, max_new_tokens=max_new_tokens, desc="direct", progress=progress)
     df = questions.select_columns([k for k in _KEEP if k in questions.column_names]).to_pandas()
-    by_name = df["reply"] != df["answer"] if "reply" in df else pd.Series(False, index=df.index)
     df["stage1_completion"], df["stage1_leaf"], df["completion"] = None, None, c
-    df["letter"] = [_stated_letter(x, o, b) for x, o, b in zip(c, df["options"], by_name)]
-    df["pred"] = [_letter_name(l, o) for l, o in zip(df["letter"], df["options"])]
+    _predicted(df, c)
     df["n_tokens"] = _ntok(processor, c)
     df["format"] = [float(l is not None) for l in df["letter"]]
     return df
