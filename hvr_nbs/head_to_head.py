@@ -178,11 +178,16 @@ def rank_taxonomy(taxonomy,  # a `Taxonomy`
     return Taxonomy({taxonomy.name_at(l, rank): taxonomy.path(l)[:k + 1] for l in taxonomy.leaves}, list(taxonomy.ranks)[:k + 1])
 
 # %% ../nbs/15_head_to_head.ipynb #39302a90
+def _by_name(method, prof):  # VL-Taxon's stage-2 answers: the option's name for tiny models, as in 13
+    from hvr_nbs.vl_taxon import answers_by_name
+    return method == "vl-taxon" and answers_by_name(prof)
+
 def train_rows(method: str,  # one of METHODS
                images,  # the RL images
                taxonomy,  # their `Taxonomy`
                seed: int = 0,  # sampling seed of the builders (levels, positives, distractors)
-               domain: str = "animal"):  # what the images show
+               domain: str = "animal",  # what the images show
+               by_name: bool = False):  # VL-Taxon: stage 2 answered with the option's name (`vl_taxon.answers_by_name`)
     "A method's GRPO rows, built by its paper module: prompt, image(s), answer and the columns its rewards read."
     import datasets as hfds
     from hvr_nbs.data import user_prompt
@@ -203,7 +208,7 @@ def train_rows(method: str,  # one of METHODS
         return images.select_columns(["image", *R]).map(lambda leaf: {"prompt": p, "answer": leaf}, input_columns=R[-1])
     if method == "vl-taxon":
         from hvr_nbs.vl_taxon import stage1_rows, stage2_rows, vl_taxon_questions, _one_rank_per_image
-        q = _one_rank_per_image(vl_taxon_questions(images, taxonomy, None, seed=seed, domain=domain), seed)
+        q = _one_rank_per_image(vl_taxon_questions(images, taxonomy, None, seed=seed, domain=domain, by_name=by_name), seed)
         parts = [stage1_rows(images, R, domain), stage2_rows(q, R, domain)]
         parts = [p.select_columns(["image", "prompt", "answer", "stage"]).cast_column("answer", hfds.Value("string")) for p in parts]
         return hfds.concatenate_datasets(parts).shuffle(seed=seed)
@@ -227,7 +232,8 @@ def sft_rows(method: str,  # 'taxonrl', 'fine-r1' or 'vl-taxon'
              images,  # the SFT images
              taxonomy,  # their `Taxonomy`
              seed: int = 0,  # rationale and distractor seed
-             domain: str = "animal"):  # what the images show
+             domain: str = "animal",  # what the images show
+             by_name: bool = False):  # VL-Taxon: stage 2 answered with the option's name (`vl_taxon.answers_by_name`)
     "The rows (image, prompt, completion) of a method's supervised stage."
     import datasets as hfds
     from hvr_nbs.data import assistant_turn
@@ -243,7 +249,7 @@ def sft_rows(method: str,  # 'taxonrl', 'fine-r1' or 'vl-taxon'
         return hfds.concatenate_datasets(parts).shuffle(seed=seed)
     if method == "vl-taxon":
         from hvr_nbs.vl_taxon import stage1_rows, stage2_rows, vl_taxon_questions
-        q = vl_taxon_questions(images, taxonomy, None, seed=seed, domain=domain)
+        q = vl_taxon_questions(images, taxonomy, None, seed=seed, domain=domain, by_name=by_name)
         parts = [stage1_rows(images, R, domain), stage2_rows(q, R, domain)]
         return hfds.concatenate_datasets([p.select_columns(["image", "prompt", "completion"]) for p in parts]).shuffle(seed=seed)
     raise ValueError(f"{method!r} has no supervised stage here; those with one: taxonrl, fine-r1, vl-taxon")
@@ -273,9 +279,10 @@ def sft_stage(method: str,  # 'taxonrl', 'fine-r1' or 'vl-taxon'
     from hvr_nbs.models import cached_artifact, config_hash
     from hvr_nbs.training import train_sft, sft_config
     from hvr_nbs.runs import save_checkpoint
-    rows, s = sft_rows(method, images, taxonomy, seed, domain), sft_settings(prof, method)
+    by_name = _by_name(method, prof)  # as 13's smoke: a tiny model answers stage 2 with the name
+    rows, s = sft_rows(method, images, taxonomy, seed, domain, by_name), sft_settings(prof, method)
     key = config_hash([len(rows), list(images["image_id"]), rows.select(range(min(8, len(rows))))["completion"]])
-    cfg = dict(method=method, base=str(base), settings=s, seed=seed, rows=key, device=prof.device, v=1)
+    cfg = dict(method=method, base=str(base), settings=s, seed=seed, rows=key, device=prof.device, v=1, **({"by_name": True} if by_name else {}))
     def build(d):
         t0 = time.perf_counter()
         conf = sft_config(prof, Path(d)/"_trainer", seed=seed, disable_tqdm=True, lr_scheduler_type="cosine", **s)
@@ -365,7 +372,7 @@ def run_method(method: str,  # one of METHODS
                out_dir=None):  # the run folder; default a fresh one
     "Train one method for `steps` GRPO steps from `start` and score it on the held-out images: a `RunResult`."
     steps = prof.train.grpo_steps if steps is None else int(steps)
-    if steps and rows is None: rows = train_rows(method, data["rl"], data["taxonomy"], domain=data["domain"])
+    if steps and rows is None: rows = train_rows(method, data["rl"], data["taxonomy"], domain=data["domain"], by_name=_by_name(method, prof))
     ev = h2h_evaluator(method, data["test"], data["taxonomy"], batch_size=prof.eval.batch_size, max_new_tokens=prof.eval.max_new_tokens,
                        domain=data["domain"])
     return train_and_evaluate(method, prof, start, ev, seed=seed, grpo=grpo_stage(method, prof, rows, steps, teacher) if steps else None,
@@ -400,7 +407,7 @@ def run_experiment(prof,  # a `Profile` (`h2h_profile`)
     for m in methods:
         starts[m] = method_start(m, prof, data, base)
         start_runs.append(run_method(m, prof, data, starts[m]["path"], seeds[0], 0, out_dir=out/f"{m}-start"))
-        rows = train_rows(m, data["rl"], data["taxonomy"], domain=data["domain"])
+        rows = train_rows(m, data["rl"], data["taxonomy"], domain=data["domain"], by_name=_by_name(m, prof))
         for s in tqdm(seeds, desc=m, disable=not progress):
             r = run_method(m, prof, data, starts[m]["path"], s, steps[m], teacher, rows, out/f"{m}-s{s}")
             runs.append(r)

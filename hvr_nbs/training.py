@@ -19,9 +19,9 @@ from .models import load_vlm, make_tiny_vlm, vlm_corpus, parse_tiny_name, cached
 # %% auto #0
 __all__ = ['WARM_START_MIX', 'RANK_QUESTION', 'CHOICE_QUESTION', 'DESCRIBE_QUESTION', 'PAIR_QUESTION', 'sft_config',
            'HVRGRPOConfig', 'grpo_config', 'dapo_keep_mask', 'dapo_round_size', 'merge_rollouts',
-           'DynamicSamplingMixin', 'log_frame', 'train_sft', 'train_grpo', 'WarmStartExamples', 'generate_answers',
-           'rank_accuracy', 'pretrain_vision', 'WarmStart', 'warm_start_base', 'plot_log', 'last_checkpoint',
-           'ResumeMixin', 'rank_question_dataset']
+           'DynamicSamplingMixin', 'log_frame', 'train_sft', 'train_grpo', 'score_completion_tokens_only',
+           'WarmStartExamples', 'generate_answers', 'rank_accuracy', 'pretrain_vision', 'WarmStart', 'warm_start_base',
+           'plot_log', 'last_checkpoint', 'ResumeMixin', 'rank_question_dataset']
 
 # %% ../nbs/07_training.ipynb #65d73a12
 def _precision(profile):
@@ -273,6 +273,19 @@ def train_grpo(model_or_dir,  # a model, or a folder / hub id / 'tiny-*' for `lo
     write_manifest(config.output_dir, config.to_dict(), trainer=trainer_cls.__name__, kind="grpo",
                    rewards=[getattr(f, "__name__", str(f)) for f in reward_funcs])
     return trainer
+
+# %% ../nbs/07_training.ipynb #19a6e49f
+def score_completion_tokens_only():
+    "On CPU, have TRL's fused LM head score only the labelled tokens, as it does on CUDA; True when it was applied now."
+    import trl.trainer.utils as tu
+    use = getattr(tu, "_use_triton", None)  # TRL 1.x: decides whether the fused head keeps only labelled positions
+    if use is None or getattr(use, "original", None): return False  # not in this TRL, or applied already
+    def compact(device): return device.type == "cpu" or use(device)
+    compact.original = use
+    tu._use_triton = compact
+    return True
+
+score_completion_tokens_only()  # on import: every trainer built in this process
 
 # %% ../nbs/07_training.ipynb #39d41160
 WARM_START_MIX = {"rank": 0.7, "describe": 0.1, "choice": 0.1, "pair": 0.1}
