@@ -18,9 +18,9 @@ __all__ = ['PAPER_SETTINGS', 'SMOKE_SETTINGS', 'LEVELS', 'EXPERIMENTS', 'BALANCE
            'taxonrl_pairs', 'show_pairs', 'schema_target', 'binary_schema_target', 'taxonrl_base', 'verification_hit',
            'grpo_overrides', 'taxonrl_evaluation', 'run_method', 'accuracy_per_run', 'accuracy_table',
            'intermediate_table', 'length_table', 'binary_vs_concrete', 'trace_table', 'run_experiment', 'paper_table',
-           'identity_pairs', 'identity_prompt', 'attribute_reward', 'identity_target', 'identity_spec',
-           'identity_pair_counts', 'identity_data', 'accelerate_config', 'write_accelerate_configs', 'parse_args',
-           'main']
+           'fit_schema_budget', 'identity_pairs', 'identity_prompt', 'attribute_reward', 'identity_target',
+           'identity_spec', 'identity_pair_counts', 'identity_data', 'accelerate_config', 'write_accelerate_configs',
+           'parse_args', 'main']
 
 # %% ../nbs/10_taxonrl.ipynb #49f90612
 PAPER_SETTINGS = [
@@ -613,6 +613,21 @@ def paper_table(n: int):  # 1, 2, 3, 4 or 5
                 "Delta": [1.5, 0.0, 2.1, 0.0, 0.0, 0.6]}
         return pd.DataFrame(rows.values(), index=pd.Index(rows, name="reward type"), columns=cols)
     raise ValueError(f"The TaxonRL paper has Tables 1-5; got {n!r}")
+
+# %% ../nbs/10_taxonrl.ipynb #ba492269
+def fit_schema_budget(prof,  # a `Profile`
+                      base,  # checkpoint folder whose tokenizer counts the tokens (the task's `taxonrl_base`)
+                      targets,  # the task's warm-up target texts (the schema its runs are taught)
+                      margin: int = 4):  # tokens beyond the longest target (the end-of-turn token and some slack)
+    "The profile with its rollout and evaluation token budgets raised, where needed, to hold the longest target."
+    targets = list(targets)
+    t, e = prof.train.max_completion_length, prof.eval.max_new_tokens
+    if not targets or min(t, e) >= max(map(len, targets)) + margin: return prof  # a token is at least one character
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(str(base))
+    n = max(len(tok(x, add_special_tokens=False)["input_ids"]) for x in targets) + margin
+    if min(t, e) >= n: return prof
+    return get_profile(prof, train__max_completion_length=max(t, n), eval__max_new_tokens=max(e, n))
 
 # %% ../nbs/10_taxonrl.ipynb #bdb7c1e3
 ID_ATTRIBUTES = ("age", "sex")  # the individual's traits SynthTaxa draws (the paper: age-sex class, age group)
