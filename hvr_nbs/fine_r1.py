@@ -393,7 +393,7 @@ def fine_r1_settings(prof):  # a `Profile`
     G = 4 if test else 8  # n1 = n2 = G / 2
     grpo = dict(learning_rate=3e-4, weight_decay=1e-2, num_train_epochs=1, num_generations=G, temperature=0.7, top_p=1.0,
                 epsilon=0.2, epsilon_high=0.28, beta=0.0, loss_type="dapo", dynamic_sampling=True, dynamic_sampling_max_retries=0 if test else 1,
-                max_steps=t.grpo_steps if test else 60, per_device_train_batch_size=G * (2 if test else 16), max_completion_length=24,
+                max_steps=t.grpo_steps if test else 45, per_device_train_batch_size=G * (2 if test else 16), max_completion_length=24,
                 reward_weights=[0.9, 0.1])
     tapo = dict(paper["tapo"], n_positive=G // 2, cot_samples=None, prompts_per_update=grpo["per_device_train_batch_size"] // G,
                 rollout_prompts=grpo["per_device_train_batch_size"] // G)

@@ -24,13 +24,13 @@ __all__ = ['SMOKE_RECIPE', 'SMOKE_TRAIN_PER_SPECIES', 'PAPER_SETTINGS', 'TEST_SE
 
 # %% ../nbs/13_vl_taxon.ipynb #3b12fb43
 SMOKE_RECIPE = dict(train__sft_steps=400, train__sft_lr=1e-3,  # the warm start's lr: at 5e-4 x 200 steps the tags were not learned
-                    train__grpo_steps=100, train__learning_rate=3e-4,  # 1,600 prompts, about 5.5 epochs over the GRPO half's rows
+                    train__grpo_steps=75, train__learning_rate=3e-4,  # 1,200 prompts: about one epoch over the GRPO half's two-stage rows
                     train__num_generations=8, train__per_device_batch=128,  # 16 prompts x 8 rollouts per step (GRPO)
                     train__temperature=1.0, train__max_completion_length=32, train__beta=0.0,
                     train__seeds=(0, 1, 2), eval__n_samples=8, eval__max_new_tokens=32)  # `smoke`'s VL-Taxon recipe (see the learning check)
 
 # %% ../nbs/13_vl_taxon.ipynb #235bb33b
-SMOKE_TRAIN_PER_SPECIES = 48  # smoke's training images per species: 24 for SFT, 24 for GRPO (100 GRPO steps of 16 prompts: about 1.4 epochs)
+SMOKE_TRAIN_PER_SPECIES = 48  # smoke's training images per species: 24 for SFT, 24 for GRPO (75 GRPO steps of 16 prompts: about one epoch)
 
 # %% ../nbs/13_vl_taxon.ipynb #2353e655
 PAPER_SETTINGS = [
