@@ -15,7 +15,7 @@ from .core import get_profile, in_test
 # %% auto #0
 __all__ = ['BENCHES', 'gpu_peak_gib', 'StepTimer', 'interleave', 'ratio_stats', 'mixed_reward', 'with_keep_rate', 'BenchSettings',
            'bench_prompts', 'stock_config', 'grpo_overhead', 'dapo_overhead', 'tapo_overhead', 'tara_overhead',
-           'eval_speedup', 'sequence_times', 'sequence_summary', 'parse_args', 'main']
+           'eval_speedup', 'sequence_times', 'sequence_summary', 'parse_args', 'main', 'cli']
 
 # %% ../nbs/21_benchmarks.ipynb #e4ee8e65
 def _sync():
@@ -263,10 +263,13 @@ def sequence_times(run_folder):  # an `hvr-reproduce --out` folder
 
 # %% ../nbs/21_benchmarks.ipynb #00b0a519
 def sequence_summary(run_folder):  # an `hvr-reproduce --out` folder
-    "The `sequence` record: total wall time, notebooks by status, the slowest, and every notebook's wall time."
+    "The `sequence` record: total wall time (elapsed when recorded, else summed), notebooks by status, the slowest, and every notebook's wall time."
+    from hvr_nbs.reproduce import read_run
     df = sequence_times(run_folder)
-    timed = df.dropna(subset=["wall_s"])
-    return dict(bench="sequence", run=str(run_folder), total_s=float(timed.wall_s.sum()), n_notebooks=len(df),
+    timed = df.dropna(subset=["wall_s"]); sum_s = round(float(timed.wall_s.sum()), 1)
+    run = read_run(run_folder); elapsed = run.get("elapsed_s") if run.get("finished") else None
+    return dict(bench="sequence", run=str(run_folder), total_s=sum_s if elapsed is None else float(elapsed), sum_s=sum_s,
+                elapsed_s=None if elapsed is None else float(elapsed), n_notebooks=len(df),
                 n_ok=int((df.status == "ok").sum()), slowest=timed.notebook.iloc[0] if len(timed) else None,
                 wall_s={r.notebook: (None if pd.isna(r.wall_s) else float(r.wall_s)) for r in df.itertuples()})
 
@@ -320,6 +323,11 @@ def main(argv=None):  # command-line words (default: sys.argv[1:])
         with _quiet(): res = BENCHES[a.bench](s)
     print(json.dumps(res), flush=True)
     return res
+
+# %% ../nbs/21_benchmarks.ipynb #7703ee4e
+def cli(argv=None):  # command-line words (default: sys.argv[1:])
+    "The `hvr-bench` console script: `main` without its return value, so that the script exits 0 on success."
+    main(argv)
 
 # %% ../nbs/21_benchmarks.ipynb #ca7e167e
 if __name__ == "__main__" and "__file__" in globals(): main()  # `python -m hvr_nbs.bench ...`; skipped inside notebooks

@@ -5,7 +5,7 @@
 # %% ../nbs/20_reproduce.ipynb #6fa16616
 from __future__ import annotations
 import os, sys, re, csv, json, time, signal, argparse, datetime, itertools, traceback, subprocess, resource, html, urllib.parse
-import tempfile, threading, contextlib, platform
+import tempfile, threading, contextlib, platform, concurrent.futures
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -14,9 +14,9 @@ from filelock import FileLock, Timeout
 from .core import PROFILES, get_profile, write_manifest, device_info, git_info, package_versions
 
 # %% auto #0
-__all__ = ['PAPER_DATASETS', 'default_nbs_dir', 'notebook_sequence', 'check_paper_data', 'read_status', 'run_notebook',
-           'read_table', 'collect_results', 'write_report', 'OutputFolderLocked', 'out_lock', 'RunInterrupted',
-           'check_params', 'reproduce', 'parse_args', 'main']
+__all__ = ['PAPER_DATASETS', 'default_nbs_dir', 'notebook_sequence', 'is_foundation', 'default_jobs', 'check_paper_data',
+           'read_status', 'read_run', 'run_notebook', 'read_table', 'collect_results', 'write_report',
+           'OutputFolderLocked', 'out_lock', 'RunInterrupted', 'check_params', 'reproduce', 'parse_args', 'main']
 
 # %% ../nbs/20_reproduce.ipynb #29acd829
 def default_nbs_dir():
@@ -42,6 +42,17 @@ def notebook_sequence(nbs_dir,  # folder holding the numbered notebooks
         nbs = [p for p in nbs if _matches(p.stem, only)]
     if skip: nbs = [p for p in nbs if not _matches(p.stem, skip)]
     return nbs
+
+# %% ../nbs/20_reproduce.ipynb #f5c07c0a
+def is_foundation(nb):  # a notebook path or stem
+    "Whether `nb` is a foundation notebook (number prefix below 10), one that may run beside another."
+    m = re.match(r"\d+", Path(nb).stem)
+    return bool(m) and int(m.group()) < 10
+
+# %% ../nbs/20_reproduce.ipynb #55ef1d5c
+def default_jobs():
+    "How many foundation notebooks run at once unless `--jobs` says: 2, or 1 on a one-core machine."
+    return max(1, min(2, os.cpu_count() or 1))
 
 # %% ../nbs/20_reproduce.ipynb #6fa0e91a
 PAPER_DATASETS = {  # which data sets each paper notebook reads in the paper profile
@@ -99,6 +110,13 @@ def read_status(path):  # a `status.json` written by the runner
                          "(the executed notebooks and results/ in its folder are kept), or mend it by hand.")
     return done
 
+# %% ../nbs/20_reproduce.ipynb #24a8b060
+def read_run(out_dir):  # a run's output folder
+    "The run's own record `run.json` (started, finished, elapsed_s, jobs); {} if there is none or it is unreadable."
+    try: rec = json.loads((Path(out_dir)/"run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError): return {}
+    return rec if isinstance(rec, dict) else {}
+
 # %% ../nbs/20_reproduce.ipynb #e63f2ffe
 def _kill_tree(pid):  # a process id
     "SIGKILL process `pid` and every process under it (a notebook's kernel and its workers), the descendants first."
@@ -107,6 +125,21 @@ def _kill_tree(pid):  # a process id
     except psutil.NoSuchProcess: return
     for p in procs:
         with contextlib.suppress(psutil.NoSuchProcess): p.kill()
+
+# %% ../nbs/20_reproduce.ipynb #cdee7853
+class _Children:
+    "The runner's live notebook children (Popen objects), under a lock; after `stop()` every one, and any added later, is killed."
+    def __init__(self): self.lock, self.procs, self.stopped = threading.Lock(), set(), False
+    def add(self, proc):  # a child just started
+        with self.lock: self.procs.add(proc); stopped = self.stopped
+        if stopped: _kill_tree(proc.pid)
+    def discard(self, proc):  # a child that ended
+        with self.lock: self.procs.discard(proc)
+    def stop(self):
+        "Kill the process tree of every live child; return their pids."
+        with self.lock: self.stopped = True; procs = [p for p in self.procs if p.returncode is None]
+        for p in procs: _kill_tree(p.pid)
+        return [p.pid for p in procs]
 
 # %% ../nbs/20_reproduce.ipynb #18406609
 def _watch_parent(parent_pid: int,  # the runner's process id
@@ -136,7 +169,8 @@ def _run_one(nb_path, out_nb, params, cwd, results_dir):
 # %% ../nbs/20_reproduce.ipynb #a2f46911
 def run_notebook(nb_path,  # the notebook to execute
                  out_dir,  # the run's output folder
-                 params):  # papermill parameters
+                 params,  # papermill parameters
+                 children: _Children | None = None):  # registry to enter the child in, so that another thread can stop it
     "Run one notebook in a fresh child process; return its status record (never raises for a failing notebook)."
     out_dir = Path(out_dir); nb_path = Path(nb_path).resolve()
     res_dir = out_dir/"results"/nb_path.stem; res_dir.mkdir(parents=True, exist_ok=True)
@@ -146,9 +180,12 @@ def run_notebook(nb_path,  # the notebook to execute
            str(out_dir/f"{nb_path.stem}.ipynb"), json.dumps(params), str(res_dir), str(rec_path), str(os.getpid())]
     t0 = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    if children is not None: children.add(proc)
     try: _, err = proc.communicate()
     except BaseException:  # Ctrl-C or SIGTERM: stop the notebook and its kernel, then pass the interruption on
         _kill_tree(proc.pid); proc.wait(); raise
+    finally:
+        if children is not None: children.discard(proc)
     failed = lambda why: {"notebook": nb_path.stem, "status": "failed", "wall_s": round(time.time()-t0, 1), "peak_rss_gb": None,
                           "error": why, "finished": datetime.datetime.now().isoformat(timespec="seconds")}
     if not rec_path.exists(): return failed(f"runner child exited {proc.returncode}: {err[-3000:]}")
@@ -395,7 +432,7 @@ pre.error { background: #fff3e0; border-left: 6px solid #e65100; padding: .5rem 
 <dt>device</dt><dd>{{ device }}</dd>
 <dt>git commit</dt><dd>{{ commit }}</dd>
 <dt>packages</dt><dd>{% for name, v in versions.items() %}{{ name }} {{ v or "not installed" }}{{ " · " if not loop.last }}{% endfor %}</dd>
-<dt>total wall time</dt><dd>{{ total }}</dd>
+<dt>total wall time</dt><dd>{{ total }}{% if total_note %} ({{ total_note }}){% endif %}</dd>
 <dt>written</dt><dd>{{ written }}</dd>
 {% if runs %}
 <dt>training runs</dt><dd><a href="runs/">runs/</a>: <code>tensorboard --logdir {{ runs }}</code></dd>
@@ -445,7 +482,7 @@ def _report_context(out_dir,  # the run's output folder
                     statuses,  # status records of every notebook in the sequence
                     profile: str,  # profile name
                     packages=("torch", "transformers", "trl", "peft", "accelerate", "datasets", "hvr_nbs")):  # versions to show
-    "What both report formats show: the run's header, one row per notebook, and one section per notebook with results or an error."
+    "What both report formats show: the run's header (total: the elapsed time in `run.json`, else the notebooks' added up), one row per notebook, and one section per notebook with results or an error."
     out_dir, dev, git = Path(out_dir), device_info(), git_info()
     anchor = lambda nb: re.sub(r"[^a-z0-9_-]", "", str(nb).lower().replace(" ", "-"))
     executed = lambda nb: urllib.parse.quote(f"{nb}.ipynb") if (out_dir/f"{nb}.ipynb").exists() else None
@@ -466,11 +503,15 @@ def _report_context(out_dir,  # the run's output folder
     linked = {x["notebook"] for x in sections}
     rows = [dict(notebook=s["notebook"], status=s.get("status", ""), wall=_fmt_cell(s.get("wall_s")), rss=_fmt_cell(s.get("peak_rss_gb")),
                  executed=executed(s["notebook"]), anchor=anchor(s["notebook"]) if s["notebook"] in linked else None) for s in statuses]
-    total = sum(float(s["wall_s"]) for s in statuses if s.get("wall_s") is not None)
+    summed = sum(float(s["wall_s"]) for s in statuses if s.get("wall_s") is not None)
+    run = read_run(out_dir); elapsed = run.get("elapsed_s") if run.get("finished") else None
+    span = lambda t: f"{t:.0f} s" + (f" ({t/3600:.1f} h)" if t >= 3600 else f" ({t/60:.1f} min)" if t >= 60 else "")
+    at_once = f"foundation notebooks up to {run.get('jobs')} at a time" if (run.get("jobs") or 1) > 1 else "one notebook at a time"
+    note = "" if elapsed is None else f"from start to end, {at_once}; the notebooks' wall times add up to {span(summed)}"
     return dict(profile=profile, device=dev.get("gpu") or f"CPU ({dev['cpu_count']} cores)",
                 commit=f"{git['sha'][:7]}{' (dirty)' if git.get('dirty') else ''}" if git.get("sha") else "",
                 versions=package_versions(packages), written=datetime.datetime.now().isoformat(timespec="seconds"),
-                total=f"{total:.0f} s" + (f" ({total/3600:.1f} h)" if total >= 3600 else f" ({total/60:.1f} min)" if total >= 60 else ""),
+                total=span(summed if elapsed is None else float(elapsed)), total_note=note,
                 runs=str((out_dir/"runs").resolve()) if (out_dir/"runs").is_dir() else None, rows=rows, sections=sections)
 
 # %% ../nbs/20_reproduce.ipynb #380eb4af
@@ -486,7 +527,7 @@ def write_report(out_dir,  # the run's output folder
                                               "not the papers' claims)" if profile == "smoke" else ""),
              f"- device: {c['device']}", f"- git commit: {c['commit']}",
              "- packages: " + ", ".join(f"{n} {v or 'not installed'}" for n, v in c["versions"].items()),
-             f"- total wall time: {c['total']}", f"- written: {c['written']}"]
+             f"- total wall time: {c['total']}" + (f" ({c['total_note']})" if c["total_note"] else ""), f"- written: {c['written']}"]
     if c["runs"]: lines += [f"- training runs: [runs/](runs/) (`tensorboard --logdir {c['runs']}`)"]
     lines += ["", "## Contents", "", "- [Notebooks](#notebooks)"]
     lines += [f"- [{s['notebook']}](#{s['anchor']})" + (f" ({s['status']})" if s["status"] != "ok" else "") for s in c["sections"]]
@@ -581,9 +622,12 @@ def reproduce(profile: str = "smoke",  # run profile
               data_root=None,  # real data root for the paper profile
               resume: bool = False,  # skip notebooks that completed in `out`
               force: bool = False,  # with resume: run completed notebooks again anyway
-              params: dict | None = None):  # extra papermill parameters
+              params: dict | None = None,  # extra papermill parameters
+              jobs: int | None = None):  # foundation notebooks run at once (default: `default_jobs()`); the paper ones always one by one
     "Run the notebook sequence; return (report path, status records)."
     get_profile(profile)  # unknown profile -> clear error before anything runs
+    jobs = default_jobs() if jobs is None else int(jobs)
+    if jobs < 1: raise ValueError(f"--jobs must be 1 or more, not {jobs}")
     nbs_dir = Path(nbs_dir) if nbs_dir else default_nbs_dir()
     nbs = notebook_sequence(nbs_dir, only, skip)
     if profile == "paper": check_paper_data(data_root, nbs)
@@ -601,33 +645,58 @@ def reproduce(profile: str = "smoke",  # run profile
         if resume and stale: tqdm.write(f"interrupted in the earlier run, running again: {', '.join(stale)}")
         if force or not resume: done = {k: r for k, r in done.items() if k not in {p.stem for p in nbs}}
         if stale: _write_json(status_path, done)
-        write_manifest(out, {"profile": profile, "params": params, "notebooks": [p.stem for p in nbs]})
-        statuses, running = [], None
+        write_manifest(out, {"profile": profile, "params": params, "notebooks": [p.stem for p in nbs], "jobs": jobs})
+        prev = read_run(out) if resume and not force else {}
+        before = float((prev.get("elapsed_s") if prev.get("finished") else prev.get("before_s")) or 0)
+        t_run, run = time.time(), {"started": now(), "finished": None, "ended": None, "elapsed_s": None, "before_s": round(before, 1), "jobs": jobs}
+        _write_json(out/"run.json", run)
+        def end_run(how):  # the run's own record: when it ended, how, and its elapsed wall time
+            run.update(finished=now(), ended=how, elapsed_s=round(before + time.time() - t_run, 1)); _write_json(out/"run.json", run)
+        lock, recs, running, children, pool = threading.Lock(), {}, {}, _Children(), None
+        bar = tqdm(total=len(nbs), desc=f"hvr-reproduce [{profile}]", unit="nb")
+        def one(nb):  # in a worker thread: run `nb`, keeping `status.json` up to date
+            with lock:
+                if children.stopped: return
+                running[nb.stem] = time.time(); started = now()
+                done[nb.stem] = {"notebook": nb.stem, "status": "running", "pid": os.getpid(), "started": started}
+                _write_json(status_path, done); bar.set_postfix_str(", ".join(running))
+            rec = run_notebook(nb, out, params, children)
+            with lock:
+                if children.stopped and rec["status"] != "ok": return  # killed by the stop: the main thread records it
+                done[nb.stem] = recs[nb.stem] = {"notebook": nb.stem, "started": started, **rec}; running.pop(nb.stem)
+                _write_json(status_path, done); bar.update(); bar.set_postfix_str(", ".join(running))
+            if rec["status"] != "ok": tqdm.write(f"{nb.stem} failed: {(rec.get('error') or '')[-300:]}")
         try:
-            bar = tqdm(nbs, desc=f"hvr-reproduce [{profile}]", unit="nb")
-            for nb in bar:
-                bar.set_postfix_str(nb.stem)
-                if not _should_run(done.get(nb.stem), resume, force):
-                    statuses.append({**done[nb.stem], "status": "ok"}); continue
-                running, t0 = nb.stem, time.time()
-                done[nb.stem] = {"notebook": nb.stem, "status": "running", "pid": os.getpid(), "started": now()}
-                _write_json(status_path, done)
-                rec = run_notebook(nb, out, params)
-                done[nb.stem] = rec; statuses.append(rec); running = None
-                _write_json(status_path, done)
-                if rec["status"] != "ok": tqdm.write(f"{nb.stem} failed: {(rec.get('error') or '')[-300:]}")
+            todo = []
+            for nb in nbs:
+                if _should_run(done.get(nb.stem), resume, force): todo.append(nb)
+                else: recs[nb.stem] = {**done[nb.stem], "status": "ok"}; bar.update()
+            for part, workers in (([p for p in todo if is_foundation(p)], jobs), ([p for p in todo if not is_foundation(p)], 1)):
+                pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="hvr-reproduce")
+                pending = {pool.submit(one, nb) for nb in part}  # submitted in sequence order, started in that order
+                while pending:  # a short timeout keeps the main thread where a signal can stop it
+                    ended, pending = concurrent.futures.wait(pending, timeout=0.5, return_when=concurrent.futures.FIRST_COMPLETED)
+                    for f in ended: f.result()  # a bug in the runner itself surfaces here
+                pool.shutdown(); pool = None
+            bar.close(); end_run("finished")
+            statuses = [recs[p.stem] for p in nbs]
             return write_report(out, statuses, profile), statuses
-        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP through `_on_signal`
+        except BaseException as e:  # Ctrl-C, SIGTERM / SIGHUP through `_on_signal`, or a bug: stop every running notebook
+            children.stop()
+            if pool is not None: pool.shutdown(wait=True, cancel_futures=True)  # quick: their children are dead
+            bar.close()
+            if not isinstance(e, KeyboardInterrupt): raise
             sig = signal.Signals(getattr(e, "signum", signal.SIGINT))
-            if running:
-                done[running] = {**done.get(running, {}), "notebook": running, "status": "interrupted",
-                                 "error": f"stopped by {sig.name}", "wall_s": round(time.time()-t0, 1), "finished": now()}
-                statuses.append(done[running]); _write_json(status_path, done)
-            reached = {s["notebook"] for s in statuses}
-            statuses += [{"notebook": p.stem, "status": "not reached"} for p in nbs if p.stem not in reached]
+            for stem, t0 in running.items():
+                done[stem] = recs[stem] = {**done.get(stem, {}), "notebook": stem, "status": "interrupted",
+                                           "error": f"stopped by {sig.name}", "wall_s": round(time.time()-t0, 1), "finished": now()}
+            if running: _write_json(status_path, done)
+            end_run("interrupted")
+            statuses = [recs.get(p.stem) or {"notebook": p.stem, "status": "not reached"} for p in nbs]
             try: write_report(out, statuses, profile)
             except Exception as err: tqdm.write(f"could not write the report: {type(err).__name__}: {err}")
-            raise RunInterrupted(sig, f"stopped by {sig.name}" + (f" while {running} ran (recorded as interrupted)" if running else "")
+            names = ", ".join(running)
+            raise RunInterrupted(sig, f"stopped by {sig.name}" + (f" while {names} ran (recorded as interrupted)" if running else "")
                                  + f"; finished notebooks are kept in {out}. To finish the run, repeat the command with "
                                  f"--out {out} --resume") from None
 
@@ -643,6 +712,8 @@ def parse_args(argv=None):
     ap.add_argument("--nbs", help="notebooks folder (default: this checkout's nbs/)")
     ap.add_argument("--resume", action="store_true", help="skip notebooks that completed in --out")
     ap.add_argument("--force", action="store_true", help="with --resume, run completed notebooks again")
+    ap.add_argument("--jobs", type=int, default=None, help="foundation notebooks (number prefix below 10) to run at once "
+                    "(default: 2, or 1 on a one-core machine); the paper notebooks always run one at a time, after them")
     ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                     help="extra papermill parameter, passed to every notebook; some notebook to run must declare KEY in its "
                          "`parameters` cell, e.g. -p grpo_steps 50")
@@ -662,7 +733,7 @@ def main(argv=None):
     old = {s: signal.signal(s, _on_signal) for s in sigs} if threading.current_thread() is threading.main_thread() else {}
     try:
         report, statuses = reproduce(a.profile, a.nbs, a.out, a.only, a.skip, a.data_root, a.resume, a.force,
-                                     dict(a.param))
+                                     dict(a.param), a.jobs)
     except (FileNotFoundError, ValueError, OutputFolderLocked) as e:
         print(f"hvr-reproduce: {e}", file=sys.stderr); return 2
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP through `_on_signal`

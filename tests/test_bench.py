@@ -63,8 +63,18 @@ def _status(tmp_path):
 
 def test_sequence(capsys, tmp_path):
     rec = _last_json(capsys, ["sequence", str(_status(tmp_path))])
-    assert rec == dict(bench="sequence", run=str(tmp_path), total_s=7.5, n_notebooks=2, n_ok=2, slowest="02_b",
-                       wall_s={"02_b": 5.5, "01_a": 2.0})
+    assert rec == dict(bench="sequence", run=str(tmp_path), total_s=7.5, sum_s=7.5, elapsed_s=None, n_notebooks=2, n_ok=2,
+                       slowest="02_b", wall_s={"02_b": 5.5, "01_a": 2.0})
+
+
+def test_sequence_total_is_the_elapsed_wall_time_once_recorded(capsys, tmp_path):
+    "Notebooks that ran side by side overlap: the run's elapsed time from run.json is the total, the sum stays as sum_s."
+    run = {"started": "2026-01-01T00:00:00", "finished": None, "elapsed_s": None, "jobs": 2}
+    (_status(tmp_path)/"run.json").write_text(json.dumps(run))
+    assert _last_json(capsys, ["sequence", str(tmp_path)])["total_s"] == 7.5           # a run still going: the sum
+    (tmp_path/"run.json").write_text(json.dumps({**run, "finished": "2026-01-01T00:00:06", "elapsed_s": 6.0}))
+    rec = _last_json(capsys, ["sequence", str(tmp_path)])
+    assert (rec["total_s"], rec["sum_s"], rec["elapsed_s"]) == (6.0, 7.5, 6.0)
 
 
 def test_module_entry_point(tmp_path):

@@ -185,7 +185,7 @@ def gone(pid):
 def test_sigkill_mid_notebook_then_resume_runs_exactly_the_rest(tmp_path):
     nbs, f = drill_nbs(tmp_path, "table", "slow", "table")
     out = tmp_path/"run"
-    a = start(tmp_path, "--nbs", nbs, "--out", out)
+    a = start(tmp_path, "--nbs", nbs, "--out", out, "--jobs", "1")                # one at a time: 03 waits for 02
     kernel = wait_running(a, out, "02_slow", f)
     before = status(out)["01_table"]
     kept = {p: p.read_bytes() for p in [out/"01_table.ipynb", *sorted((out/"results"/"01_table").iterdir())]}
@@ -195,7 +195,7 @@ def test_sigkill_mid_notebook_then_resume_runs_exactly_the_rest(tmp_path):
     assert st["01_table"] == before and st["02_slow"]["status"] == "running" and "03_table" not in st
     assert all(p.read_bytes() == b for p, b in kept.items()) and len(kept) == 3  # notebook, table csv + json
     f["fast"].touch()
-    r = subprocess.run([str(BIN), "--nbs", nbs, "--out", out, "--resume"], capture_output=True, text=True,
+    r = subprocess.run([str(BIN), "--nbs", nbs, "--out", out, "--resume", "--jobs", "1"], capture_output=True, text=True,
                        env=env(tmp_path), timeout=300)
     assert r.returncode == 0, r.stderr
     assert "interrupted in the earlier run, running again: 02_slow" in r.stdout + r.stderr
@@ -213,7 +213,7 @@ def test_sigterm_ctrl_c_and_hangup_record_interrupted_and_say_how_to_resume(tmp_
     nbs, f = drill_nbs(tmp_path, "slow", "table")
     out = tmp_path/"run"; out.mkdir()
     (out/"status.json").write_text(json.dumps({"02_table": {"notebook": "02_table", "status": "ok"}}))  # an older run's
-    a = start(tmp_path, "--nbs", nbs, "--out", out)                               # a fresh run (no --resume) drops it
+    a = start(tmp_path, "--nbs", nbs, "--out", out, "--jobs", "1")               # a fresh run (no --resume) drops it
     kernel = wait_running(a, out, "01_slow", f)
     a.send_signal(sig)
     _, err = a.communicate(timeout=60)
@@ -227,6 +227,52 @@ def test_sigterm_ctrl_c_and_hangup_record_interrupted_and_say_how_to_resume(tmp_
     wait_for(lambda: gone(kernel), "end of the kernel", timeout=15)
     assert not f["marks"].read_text().count("2")                               # 02 never started
     assert not (out/".hvr-reproduce.holder.json").exists()                     # the lock was let go
+
+
+def test_sigterm_with_two_notebooks_running_stops_and_records_both(tmp_path):
+    "--jobs 2: both foundation notebooks running at the signal are killed with their kernels and recorded interrupted."
+    d, marks, fast = tmp_path/"nbs", tmp_path/"marks", tmp_path/"fast"
+    d.mkdir()
+    pids = {n: tmp_path/f"kernel{n}.pid" for n in (1, 2)}
+    for n in (1, 2): make_nb(d/f"0{n}_slow.ipynb", SLOW_NB.format(n=n, marks=str(marks), pid=str(pids[n]), fast=str(fast)))
+    make_nb(d/"03_table.ipynb", TABLE_NB.format(n=3, marks=str(marks)))
+    make_nb(d/"10_table.ipynb", TABLE_NB.format(n=4, marks=str(marks)))
+    out = tmp_path/"run"
+    a = start(tmp_path, "--nbs", d, "--out", out, "--jobs", "2")
+    wait_for(lambda: all(p.exists() and p.read_text() for p in pids.values()), "both slow kernels running", a)
+    kernels = [int(p.read_text()) for p in pids.values()]
+    a.send_signal(signal.SIGTERM)
+    _, err = a.communicate(timeout=60)
+    assert a.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM while 01_slow, 02_slow ran (recorded as interrupted)" in err and "Traceback" not in err
+    st = status(out)
+    assert {k: v["status"] for k, v in st.items()} == {"01_slow": "interrupted", "02_slow": "interrupted"}
+    assert all(v["error"] == "stopped by SIGTERM" for v in st.values())
+    md = (out/"report.md").read_text()
+    assert all(f"| {nb} | {s} |" in md for nb, s in [("01_slow", "interrupted"), ("02_slow", "interrupted"),
+                                                      ("03_table", "not reached"), ("10_table", "not reached")])
+    for k in kernels: wait_for(lambda: gone(k), f"end of kernel {k}", timeout=15)
+    assert sorted(marks.read_text()) == ["1", "2"]                             # 03 and 10 never started
+    run = json.loads((out/"run.json").read_text())
+    assert run["ended"] == "interrupted" and run["jobs"] == 2 and run["elapsed_s"] > 0
+
+
+PARALLEL_NB = "import time\ntime.sleep(3)"
+
+
+def test_jobs_2_runs_foundation_notebooks_side_by_side_and_paper_notebooks_after(tmp_path):
+    "The one-at-a-time order (--jobs 1) is checked by the drills above and by the notebook's own example."
+    d = tmp_path/"nbs"; d.mkdir()
+    for n in ("00_a", "01_b"): make_nb(d/f"{n}.ipynb", PARALLEL_NB)
+    make_nb(d/"10_c.ipynb", "x = 1")
+    out = tmp_path/"run"
+    r = run("--nbs", d, "--out", out, "--jobs", 2)
+    assert r.returncode == 0, r.stderr
+    t = {k: (v["started"], v["finished"]) for k, v in json.loads((out/"status.json").read_text()).items()}  # ISO strings sort as times
+    assert t["01_b"][0] < t["00_a"][1] and t["00_a"][0] < t["01_b"][1], t          # side by side
+    assert t["10_c"][0] >= max(t["00_a"][1], t["01_b"][1]), t                        # the paper notebook after both
+    run_rec = json.loads((out/"run.json").read_text())
+    assert run_rec["jobs"] == 2 and run_rec["ended"] == "finished" and "up to 2 at a time" in (out/"report.md").read_text()
 
 
 def test_second_runner_on_the_same_folder_refuses_and_a_killed_one_does_not_block(tmp_path):
