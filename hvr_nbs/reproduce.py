@@ -14,9 +14,10 @@ from filelock import FileLock, Timeout
 from .core import PROFILES, get_profile, write_manifest, device_info, git_info, package_versions
 
 # %% auto #0
-__all__ = ['PAPER_DATASETS', 'default_nbs_dir', 'notebook_sequence', 'is_foundation', 'default_jobs', 'check_paper_data',
-           'read_status', 'read_run', 'run_notebook', 'read_table', 'collect_results', 'write_report',
-           'OutputFolderLocked', 'out_lock', 'RunInterrupted', 'check_params', 'reproduce', 'parse_args', 'main']
+__all__ = ['PAPER_DATASETS', 'default_nbs_dir', 'notebook_sequence', 'is_foundation', 'default_jobs', 'foundation_threads',
+           'check_paper_data', 'read_status', 'read_run', 'run_notebook', 'read_table', 'collect_results',
+           'write_report', 'OutputFolderLocked', 'out_lock', 'RunInterrupted', 'check_params', 'reproduce',
+           'parse_args', 'main']
 
 # %% ../nbs/20_reproduce.ipynb #29acd829
 def default_nbs_dir():
@@ -53,6 +54,11 @@ def is_foundation(nb):  # a notebook path or stem
 def default_jobs():
     "How many foundation notebooks run at once unless `--jobs` says: 2, or 1 on a one-core machine."
     return max(1, min(2, os.cpu_count() or 1))
+
+# %% ../nbs/20_reproduce.ipynb #5ff6303e
+def foundation_threads(jobs: int):  # foundation notebooks running at once
+    "Threads each foundation notebook's kernel gets when `jobs` run side by side: the cores shared out, at least 1."
+    return max(1, (os.cpu_count() or 1) // max(1, int(jobs)))
 
 # %% ../nbs/20_reproduce.ipynb #6fa0e91a
 PAPER_DATASETS = {  # which data sets each paper notebook reads in the paper profile
@@ -170,7 +176,8 @@ def _run_one(nb_path, out_nb, params, cwd, results_dir):
 def run_notebook(nb_path,  # the notebook to execute
                  out_dir,  # the run's output folder
                  params,  # papermill parameters
-                 children: _Children | None = None):  # registry to enter the child in, so that another thread can stop it
+                 children: _Children | None = None,  # registry to enter the child in, so that another thread can stop it
+                 threads: int | None = None):  # OpenMP / torch threads of its kernel (unless OMP_NUM_THREADS is set); None: inherited
     "Run one notebook in a fresh child process; return its status record (never raises for a failing notebook)."
     out_dir = Path(out_dir); nb_path = Path(nb_path).resolve()
     res_dir = out_dir/"results"/nb_path.stem; res_dir.mkdir(parents=True, exist_ok=True)
@@ -179,7 +186,9 @@ def run_notebook(nb_path,  # the notebook to execute
     cmd = [sys.executable, "-c", "import sys; from hvr_nbs.reproduce import main; sys.exit(main())", "--one", str(nb_path),
            str(out_dir/f"{nb_path.stem}.ipynb"), json.dumps(params), str(res_dir), str(rec_path), str(os.getpid())]
     t0 = time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    env = {**os.environ, **{k: str(int(threads)) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}} \
+        if threads and "OMP_NUM_THREADS" not in os.environ else None  # the kernel inherits it; torch reads it at import
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
     if children is not None: children.add(proc)
     try: _, err = proc.communicate()
     except BaseException:  # Ctrl-C or SIGTERM: stop the notebook and its kernel, then pass the interruption on
@@ -660,7 +669,7 @@ def reproduce(profile: str = "smoke",  # run profile
                 running[nb.stem] = time.time(); started = now()
                 done[nb.stem] = {"notebook": nb.stem, "status": "running", "pid": os.getpid(), "started": started}
                 _write_json(status_path, done); bar.set_postfix_str(", ".join(running))
-            rec = run_notebook(nb, out, params, children)
+            rec = run_notebook(nb, out, params, children, foundation_threads(jobs) if jobs > 1 and is_foundation(nb) else None)
             with lock:
                 if children.stopped and rec["status"] != "ok": return  # killed by the stop: the main thread records it
                 done[nb.stem] = recs[nb.stem] = {"notebook": nb.stem, "started": started, **rec}; running.pop(nb.stem)

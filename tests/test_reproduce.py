@@ -1,5 +1,5 @@
 "hvr-reproduce on throw-away notebooks: failures don't stop the run, --resume finishes it, the report holds every table, learning check, collapse check and figure, and every training run writes inside --out."
-import json, re, subprocess, sys
+import json, os, re, subprocess, sys
 from pathlib import Path
 import nbformat, pytest
 
@@ -257,14 +257,13 @@ def test_sigterm_with_two_notebooks_running_stops_and_records_both(tmp_path):
     assert run["ended"] == "interrupted" and run["jobs"] == 2 and run["elapsed_s"] > 0
 
 
-PARALLEL_NB = "import time\ntime.sleep(3)"
+PARALLEL_NB = "import os, time, json\njson.dump(os.environ.get('OMP_NUM_THREADS'), open(f'omp_{who}.json', 'w'))\ntime.sleep(3)"
 
 
 def test_jobs_2_runs_foundation_notebooks_side_by_side_and_paper_notebooks_after(tmp_path):
     "The one-at-a-time order (--jobs 1) is checked by the drills above and by the notebook's own example."
     d = tmp_path/"nbs"; d.mkdir()
-    for n in ("00_a", "01_b"): make_nb(d/f"{n}.ipynb", PARALLEL_NB)
-    make_nb(d/"10_c.ipynb", "x = 1")
+    for n in ("00_a", "01_b", "10_c"): make_nb(d/f"{n}.ipynb", PARALLEL_NB.replace("{who}", n))
     out = tmp_path/"run"
     r = run("--nbs", d, "--out", out, "--jobs", 2)
     assert r.returncode == 0, r.stderr
@@ -273,6 +272,10 @@ def test_jobs_2_runs_foundation_notebooks_side_by_side_and_paper_notebooks_after
     assert t["10_c"][0] >= max(t["00_a"][1], t["01_b"][1]), t                        # the paper notebook after both
     run_rec = json.loads((out/"run.json").read_text())
     assert run_rec["jobs"] == 2 and run_rec["ended"] == "finished" and "up to 2 at a time" in (out/"report.md").read_text()
+    from hvr_nbs.reproduce import foundation_threads                              # side by side: the cores shared out
+    omp = {n: json.loads((d/f"omp_{n}.json").read_text()) for n in ("00_a", "01_b", "10_c")}
+    mine = os.environ.get("OMP_NUM_THREADS")                                       # a value set by the user is kept
+    assert omp == {"00_a": mine or str(foundation_threads(2)), "01_b": mine or str(foundation_threads(2)), "10_c": mine}, omp
 
 
 def test_second_runner_on_the_same_folder_refuses_and_a_killed_one_does_not_block(tmp_path):
