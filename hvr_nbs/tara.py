@@ -74,7 +74,7 @@ def tara_questions(images,  # labelled images: 'image' and one column per rank (
     return hfds.Dataset.from_list(rows)
 
 # %% ../nbs/14_tara.ipynb #79c1ab4a
-SMOKE_OVERRIDES = dict(train__learning_rate=3e-4, train__grpo_steps=100, train__per_device_batch=128, train__num_generations=8,
+SMOKE_OVERRIDES = dict(train__learning_rate=3e-4, train__grpo_steps=75, train__per_device_batch=128, train__num_generations=8,
                        train__temperature=1.0, train__max_completion_length=12, train__beta=0.0,
                        train__seeds=(0, 1, 2), eval__max_new_tokens=12)  # the smoke learning-check recipe (see below)
 SMOKE_BASE = dict(leaf_open_share=0.2)  # `warm_start_base` options of the smoke start: a base that rarely says the species

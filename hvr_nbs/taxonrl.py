@@ -297,7 +297,8 @@ def taxonrl_base(prof,  # a `Profile`
                  warmup_steps: int | None = None,  # schema warm-up SFT steps; default max(200, profile's sft_steps) (sft_steps under test)
                  target_fn=None,  # row -> warm-up target text; default `schema_target`
                  prepare=None,  # pairs -> pairs with the prompt; default `to_taxonrl`
-                 task: str = "species"):  # cache name of the task ('species'; 'identity' for the identity variant)
+                 task: str = "species",  # cache name of the task ('species'; 'identity' for the identity variant)
+                 start=None):  # checkpoint the warm-up starts from; default the warm-started tiny VLM
     "The base checkpoint GRPO starts from: the paper's model in `paper`, else the warm-started tiny VLM after the schema warm-up (cached)."
     if prof.name == "paper" or not str(prof.model.vlm).startswith("tiny"):
         from hvr_nbs.models import resolve_checkpoint
@@ -305,7 +306,7 @@ def taxonrl_base(prof,  # a `Profile`
     from hvr_nbs.training import warm_start_base, train_sft, sft_config, log_frame
     from hvr_nbs.models import cached_artifact
     from hvr_nbs.data import assistant_turn
-    base = warm_start_base(prof).path
+    base = Path(start) if start is not None else warm_start_base(prof).path
     steps = int(warmup_steps) if warmup_steps is not None else prof.train.sft_steps if in_test() else max(200, prof.train.sft_steps)
     if steps <= 0: return base
     d = data if data is not None else taxonrl_pairs(prof)
@@ -736,7 +737,8 @@ def _identity_task(prof):  # a `Profile`
 
 def identity_data(prof,  # a `Profile`
                   seed: int = 0,  # rendering and sampling seed
-                  n_pairs: int | dict | None = None):  # pairs per split (or {split: pairs}); default: the paper's 5,500 split 70/15/15 (ChimpFace), else max(16, n_eval)
+                  n_pairs: int | dict | None = None,  # pairs per split (or {split: pairs}); default: the paper's 5,500 split 70/15/15 (ChimpFace), else max(16, n_eval)
+                  images_per_individual: int = 4):  # SynthTaxa images rendered per individual (4: six same-individual pairs each)
     "Open-set identity-verification pairs for a profile: SynthTaxa individuals, or (paper) ChimpFace with the paper's counts."
     if prof.name == "paper" or prof.data_root:
         from hvr_nbs.loaders import load_chimpface
@@ -746,7 +748,8 @@ def identity_data(prof,  # a `Profile`
     from hvr_nbs.synthetic import make_world
     world = make_world(prof)
     n_pairs = n_pairs or max(16, prof.eval.n_eval)
-    return identity_pairs(world.dataset(max(4, prof.world.images_per_species // 2), seed=seed + 1000), n_pairs=n_pairs, seed=seed)
+    images = world.dataset(int(images_per_individual) * world.config.n_individuals, seed=seed + 1000)  # individuals drawn in turn
+    return identity_pairs(images, n_pairs=n_pairs, seed=seed)
 
 # %% ../nbs/10_taxonrl.ipynb #24b4efbb
 ACCELERATE_KINDS = ("single_gpu", "ddp", "zero3", "fsdp")
