@@ -150,14 +150,14 @@ def test_resume_skips_and_resume_force_reruns_completed_notebooks(tmp_path, caps
         p = nbformat.v4.new_code_cell("profile = 'smoke'"); p.metadata["tags"] = ["parameters"]
         nb.cells = [p, nbformat.v4.new_code_cell(f"open({str(log)!r}, 'a').write('{stem}\\n')")]
         nbformat.write(nb, str(nbs/f"{stem}.ipynb"))
-    ran = lambda: log.read_text().split()
-    assert main(["--nbs", str(nbs), "--out", str(out)]) == 0
+    ran = lambda: log.read_text().split()  # in run order: --jobs 1, since 01 and 02 are foundation notebooks (two at a time by default)
+    assert main(["--nbs", str(nbs), "--out", str(out), "--jobs", "1"]) == 0
     assert ran() == ["01_a", "02_b"]
     first = json.loads((out/"status.json").read_text())
-    assert main(["--nbs", str(nbs), "--out", str(out), "--resume"]) == 0
+    assert main(["--nbs", str(nbs), "--out", str(out), "--jobs", "1", "--resume"]) == 0
     assert ran() == ["01_a", "02_b"]                                     # nothing ran again
     assert json.loads((out/"status.json").read_text()) == first
-    assert main(["--nbs", str(nbs), "--out", str(out), "--resume", "--force"]) == 0
+    assert main(["--nbs", str(nbs), "--out", str(out), "--jobs", "1", "--resume", "--force"]) == 0
     assert ran() == ["01_a", "02_b", "01_a", "02_b"]                     # both ran again
     assert all(v["status"] == "ok" for v in json.loads((out/"status.json").read_text()).values())
 
