@@ -694,7 +694,9 @@ def reproduce(profile: str = "smoke",  # run profile
             children.stop()
             if pool is not None: pool.shutdown(wait=True, cancel_futures=True)  # quick: their children are dead
             bar.close()
-            if not isinstance(e, KeyboardInterrupt): raise
+            if not isinstance(e, KeyboardInterrupt):
+                with contextlib.suppress(Exception): end_run("failed")  # run.json says the run ended, not that it goes on
+                raise
             sig = signal.Signals(getattr(e, "signum", signal.SIGINT))
             for stem, t0 in running.items():
                 done[stem] = recs[stem] = {**done.get(stem, {}), "notebook": stem, "status": "interrupted",
