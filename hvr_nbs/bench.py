@@ -264,10 +264,10 @@ def sequence_times(run_folder):  # an `hvr-reproduce --out` folder
 # %% ../nbs/21_benchmarks.ipynb #00b0a519
 def sequence_summary(run_folder):  # an `hvr-reproduce --out` folder
     "The `sequence` record: total wall time (elapsed when recorded, else summed), notebooks by status, the slowest, and every notebook's wall time."
-    from hvr_nbs.reproduce import read_run
+    from hvr_nbs.reproduce import run_elapsed
     df = sequence_times(run_folder)
     timed = df.dropna(subset=["wall_s"]); sum_s = round(float(timed.wall_s.sum()), 1)
-    run = read_run(run_folder); elapsed = run.get("elapsed_s") if run.get("finished") else None
+    elapsed = run_elapsed(run_folder)
     return dict(bench="sequence", run=str(run_folder), total_s=sum_s if elapsed is None else float(elapsed), sum_s=sum_s,
                 elapsed_s=None if elapsed is None else float(elapsed), n_notebooks=len(df),
                 n_ok=int((df.status == "ok").sum()), slowest=timed.notebook.iloc[0] if len(timed) else None,

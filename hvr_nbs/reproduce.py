@@ -15,9 +15,9 @@ from .core import PROFILES, get_profile, write_manifest, device_info, git_info, 
 
 # %% auto #0
 __all__ = ['PAPER_DATASETS', 'default_nbs_dir', 'notebook_sequence', 'is_foundation', 'default_jobs', 'foundation_threads',
-           'check_paper_data', 'read_status', 'read_run', 'run_notebook', 'read_table', 'collect_results',
-           'write_report', 'OutputFolderLocked', 'out_lock', 'RunInterrupted', 'check_params', 'reproduce',
-           'parse_args', 'main']
+           'check_paper_data', 'read_status', 'read_run', 'run_elapsed', 'run_notebook', 'read_table',
+           'collect_results', 'write_report', 'OutputFolderLocked', 'out_lock', 'RunInterrupted', 'check_params',
+           'reproduce', 'parse_args', 'main']
 
 # %% ../nbs/20_reproduce.ipynb #29acd829
 def default_nbs_dir():
@@ -122,6 +122,12 @@ def read_run(out_dir):  # a run's output folder
     try: rec = json.loads((Path(out_dir)/"run.json").read_text(encoding="utf-8"))
     except (OSError, ValueError): return {}
     return rec if isinstance(rec, dict) else {}
+
+# %% ../nbs/20_reproduce.ipynb #9d6ce042
+def run_elapsed(out_dir):  # a run's output folder
+    "The run's elapsed wall time (s) from `run.json` once the run has ended; None while it goes on or without a record."
+    run = read_run(out_dir)
+    return float(run["elapsed_s"]) if run.get("finished") and run.get("elapsed_s") is not None else None
 
 # %% ../nbs/20_reproduce.ipynb #e63f2ffe
 def _kill_tree(pid):  # a process id
@@ -513,7 +519,7 @@ def _report_context(out_dir,  # the run's output folder
     rows = [dict(notebook=s["notebook"], status=s.get("status", ""), wall=_fmt_cell(s.get("wall_s")), rss=_fmt_cell(s.get("peak_rss_gb")),
                  executed=executed(s["notebook"]), anchor=anchor(s["notebook"]) if s["notebook"] in linked else None) for s in statuses]
     summed = sum(float(s["wall_s"]) for s in statuses if s.get("wall_s") is not None)
-    run = read_run(out_dir); elapsed = run.get("elapsed_s") if run.get("finished") else None
+    run, elapsed = read_run(out_dir), run_elapsed(out_dir)
     span = lambda t: f"{t:.0f} s" + (f" ({t/3600:.1f} h)" if t >= 3600 else f" ({t/60:.1f} min)" if t >= 60 else "")
     at_once = f"foundation notebooks up to {run.get('jobs')} at a time" if (run.get("jobs") or 1) > 1 else "one notebook at a time"
     note = "" if elapsed is None else f"from start to end, {at_once}; the notebooks' wall times add up to {span(summed)}"

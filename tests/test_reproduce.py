@@ -257,13 +257,13 @@ def test_sigterm_with_two_notebooks_running_stops_and_records_both(tmp_path):
     assert run["ended"] == "interrupted" and run["jobs"] == 2 and run["elapsed_s"] > 0
 
 
-PARALLEL_NB = "import os, time, json\njson.dump(os.environ.get('OMP_NUM_THREADS'), open(f'omp_{who}.json', 'w'))\ntime.sleep(3)"
+PARALLEL_NB = "import os, time, json\njson.dump(os.environ.get('OMP_NUM_THREADS'), open('omp_{name}.json', 'w'))\ntime.sleep(3)"
 
 
 def test_jobs_2_runs_foundation_notebooks_side_by_side_and_paper_notebooks_after(tmp_path):
     "The one-at-a-time order (--jobs 1) is checked by the drills above and by the notebook's own example."
     d = tmp_path/"nbs"; d.mkdir()
-    for n in ("00_a", "01_b", "10_c"): make_nb(d/f"{n}.ipynb", PARALLEL_NB.replace("{who}", n))
+    for n in ("00_a", "01_b", "10_c"): make_nb(d/f"{n}.ipynb", PARALLEL_NB.format(name=n))
     out = tmp_path/"run"
     r = run("--nbs", d, "--out", out, "--jobs", 2)
     assert r.returncode == 0, r.stderr
