@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #da017056
 from __future__ import annotations
-import os, sys, json, random, platform, subprocess, datetime, re, difflib, numbers
+import os, sys, json, random, platform, subprocess, datetime, re, difflib, numbers, atexit, shutil, tempfile
 from dataclasses import dataclass, field, asdict, replace, fields, is_dataclass
 from pathlib import Path
 from importlib import metadata
@@ -13,9 +13,9 @@ import pandas as pd
 
 # %% auto #0
 __all__ = ['PROFILES', 'TEST_OVERRIDES', 'TRACKED_PACKAGES', 'WorldConfig', 'ModelConfig', 'TrainConfig', 'EvalConfig', 'Profile',
-           'get_profile', 'in_test', 'set_seed', 'get_device', 'get_dtype', 'quiet_libraries', 'notebook_setup',
-           'cache_dir', 'run_dir', 'package_versions', 'git_info', 'device_info', 'write_manifest', 'results_dir',
-           'log_result']
+           'get_profile', 'in_test', 'set_seed', 'get_device', 'get_dtype', 'quiet_libraries', 'scratch_tempdir',
+           'notebook_setup', 'cache_dir', 'run_dir', 'package_versions', 'git_info', 'device_info', 'write_manifest',
+           'results_dir', 'log_result']
 
 # %% ../nbs/00_core.ipynb #55bd9e94
 @dataclass
@@ -213,13 +213,36 @@ def quiet_libraries():
     datasets.disable_progress_bars(); transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
 
+# %% ../nbs/00_core.ipynb #85e9069b
+_SCRATCH = None  # this process's scratch folder, once made
+
+def _pid_alive(pid: int):
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True  # alive, someone else's
+    return True
+
+def scratch_tempdir():
+    "Send this process's temporary folders (`tempfile`) to one fresh folder, removed when the process ends (or, if it was killed, by the next call); returns it."
+    global _SCRATCH
+    if _SCRATCH is None or not os.path.isdir(_SCRATCH):
+        parent = tempfile.gettempdir() if _SCRATCH is None else os.path.dirname(_SCRATCH)
+        for old in Path(parent).glob("hvr-scratch-*-*"):  # left by a killed process (its pid is in the name)
+            pid = old.name.split("-")[2]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)): shutil.rmtree(old, ignore_errors=True)
+        _SCRATCH = tempfile.mkdtemp(prefix=f"hvr-scratch-{os.getpid()}-", dir=parent)
+        atexit.register(shutil.rmtree, _SCRATCH, True)
+    tempfile.tempdir = _SCRATCH
+    return Path(_SCRATCH)
+
 # %% ../nbs/00_core.ipynb #c3fb2e58
 def notebook_setup(profile="smoke",  # a profile name or `Profile`
                    seed: int = 0,  # seeds random, numpy and torch
                    **overrides):  # profile overrides (`section__field=value`), e.g. from papermill parameters
-    "The profile a notebook runs with (test budget applied under nbdev_test), seeded, with quiet libraries."
+    "The profile a notebook runs with (test budget applied under nbdev_test), seeded, with quiet libraries and a scratch temporary folder."
     import torch
     quiet_libraries()
+    scratch_tempdir()
     prof = get_profile(profile, **{k: v for k, v in overrides.items() if v is not None})
     if in_test(): prof = get_profile(prof, **TEST_OVERRIDES)
     if get_device(prof.device).type == "cpu" and str(prof.model.vlm).startswith("tiny"): torch.set_num_threads(1)

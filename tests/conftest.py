@@ -18,3 +18,15 @@ if PROFILE == "ci":
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: over a minute (the two-process runs); CI runs them too")
+
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _tempfile_in_pytest_basetemp(tmp_path_factory):
+    "Temporary folders the tests make through `tempfile` go under pytest's own base folder, which pytest prunes, not /tmp."
+    import tempfile
+    old, tempfile.tempdir = tempfile.tempdir, str(tmp_path_factory.mktemp("tempfile"))
+    yield
+    tempfile.tempdir = old
