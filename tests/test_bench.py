@@ -87,12 +87,14 @@ def test_module_entry_point(tmp_path):
     assert r.returncode != 0 and "not an hvr-reproduce run folder" in r.stderr
 
 
-def test_configs_without_output_dir_in_a_fresh_process():
+def test_configs_without_output_dir_in_a_fresh_process(tmp_path):
     "`grpo_config()` / `sft_config()` with no output_dir use a temporary folder (the module imports tempfile itself)."
     code = ("from hvr_nbs.training import grpo_config, sft_config\n"
             "import os; g, s = grpo_config(), sft_config(); assert os.path.isdir(g.output_dir) and os.path.isdir(s.output_dir)\n"
             "print(g.output_dir, s.output_dir)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "TMPDIR": str(tmp_path)})  # the child's temporary folders: in pytest's, not /tmp
     assert r.returncode == 0, r.stderr[-2000:]
     g, s = r.stdout.split()
     assert os.path.basename(g).startswith("grpo-") and os.path.basename(s).startswith("sft-")
+    assert os.path.dirname(g) == os.path.dirname(s) == str(tmp_path)
